@@ -1,0 +1,70 @@
+"""The engine interface the batch loop depends on.
+
+An engine is loaded once per run, then asked to synthesise one task at a time.
+It owns any per-prompt caching (a 5,000-line audiobook usually has one prompt),
+reports who it is for the manifest, and can free accelerator memory after an
+out-of-memory error so the next task runs normally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Who produced the audio. Part of every manifest record and of the resume key."""
+
+    name: str  # "espeak", "glmtts", ...
+    model: str  # model identity: checkpoint fingerprint, espeak-ng version, ...
+    sample_rate: int  # every Synthesis from this engine has this rate
+    device: str  # "cpu", "cuda:0", ...
+    clones_voice: bool  # False: prompt audio is ignored (the manifest says so)
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """What an engine needs for one task. Paths are already resolved and checked to exist."""
+
+    text: str
+    prompt_audio: Path | None
+    prompt_text: str | None
+    seed: int
+    phoneme: bool = False  # Chinese G2P mode (GLM-TTS only)
+
+
+@dataclass
+class Synthesis:
+    """One task's audio: float32 mono samples in [-1, 1] at `sample_rate`."""
+
+    audio: np.ndarray  # (samples,) float32
+    sample_rate: int
+    # Extra manifest fields: text pieces, token counts, per-stage timings, rtf, ...
+    details: dict[str, Any] = field(default_factory=dict)
+    # Human-readable notes that belong in the manifest (e.g. "prompt audio ignored").
+    warnings: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    info: EngineInfo
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        """Synthesise one task. Raise `TaskError` for problems with this task's input."""
+        ...
+
+    def free_memory(self) -> None:
+        """Release cached accelerator memory (called after an out-of-memory error)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Run-level statistics for summary.json (e.g. prompt cache hit rate)."""
+        ...
+
+    def close(self) -> None:
+        """Release everything the engine holds."""
+        ...

@@ -1,0 +1,1 @@
+"""Native GLM-TTS inference: frontends, speech-token LLM, DiT flow and vocoders."""
