@@ -27,6 +27,20 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class EngineOptions:
+    """Run-wide engine settings from the CLI or the Python API."""
+
+    model_dir: Path | None = None  # GLM-TTS checkpoint folder (or GLMTTS_MODEL_DIR)
+    campplus: Path | None = None  # CAM++ ONNX file, if not at <model_dir>/frontend/campplus.onnx
+    device: str = "auto"  # auto | cuda | cpu
+    sample_rate: int = 24000  # 24000 (HiFT) | 32000 (Vocos2D)
+    dtype: str = "fp32"  # LLM dtype: fp32 | bf16 | fp16
+    kv_cache: bool = True
+    prompt_cache: bool = True  # long-text prompt-history cache
+    phoneme_dict: Path | None = None  # JSONL word -> pinyin-with-tone overrides
+
+
+@dataclass(frozen=True)
 class SynthesisRequest:
     """What an engine needs for one task. Paths are already resolved and checked to exist."""
 

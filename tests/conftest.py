@@ -1,0 +1,25 @@
+"""Shared fixtures. Golden parity vectors live in ../shared/golden beside the checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO.parent / "shared" / "golden"
+REFERENCE = REPO.parent / "shared" / "glmtts-reference"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.skip(f"golden parity vectors not found at {GOLDEN} (they ship in ../shared beside the repo)")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"GLM-TTS reference configs not found at {REFERENCE}")
+    return REFERENCE
