@@ -1,0 +1,353 @@
+"""Task files: a streaming JSONL reader and per-line validation.
+
+A task file is read one physical line at a time (a million-line file runs in
+constant memory, apart from the set of output names used to catch duplicates).
+UTF-8 with or without a BOM, LF or CRLF. Blank lines and lines whose first
+non-blank character is `#` are skipped but still counted, so line numbers are
+always 1-based physical line numbers an editor shows.
+
+Each other line yields either a `Task` or an `InvalidLine` carrying an
+`InvalidTaskError` that names the line and field; reading never stops at a bad
+line. Fields:
+
+    input_text    (required; alias syn_text)   text to speak, not blank
+    prompt_audio  (alias prompt_speech)        voice prompt; relative to the task file
+    prompt_text                                transcript of the prompt audio
+    output_name   (alias uttid)                WAV name without ".wav"; default: line number
+    seed                                       int, overrides the run seed
+    phoneme                                    bool, Chinese G2P mode
+
+Unknown fields are an error (a typo must not be silently ignored), and so is
+giving both an alias and its canonical name. `output_name` must be a plain,
+portable file name: no path separators, no `.`/`..`, no control characters, no
+leading dot, no trailing dot or space, no characters Windows forbids, no
+Windows device names, at most 200 UTF-8 bytes. Duplicate names are rejected
+case-insensitively (after Unicode NFC), because case-insensitive file systems
+and zip extractors would otherwise overwrite one WAV with another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+from .errors import InvalidTaskError, PromptAudioError, RunError, TaskError
+
+CANONICAL_FIELDS = ("input_text", "prompt_audio", "prompt_text", "output_name", "seed", "phoneme")
+ALIASES = {"syn_text": "input_text", "prompt_speech": "prompt_audio", "uttid": "output_name"}
+
+MAX_NAME_BYTES = 200  # leaves room for ".wav" and temp-file affixes under the usual 255-byte limit
+MAX_SEED = 2**63 - 1
+_WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One valid task line, with paths resolved and the prompt file checked to exist."""
+
+    line: int
+    text: str
+    output_name: str
+    prompt_audio: Path | None = None
+    prompt_text: str | None = None
+    seed: int | None = None  # None: use the run seed
+    phoneme: bool = False
+
+
+@dataclass(frozen=True)
+class InvalidLine:
+    """A line that could not become a task. `output_name` is kept when it was usable."""
+
+    line: int
+    error: TaskError
+    output_name: str | None = None
+    seed: int | None = None
+
+
+TaskOrInvalid = Union[Task, InvalidLine]
+
+
+def is_skippable(text: str) -> bool:
+    """Blank lines and `#` comments carry no task (they still count as lines)."""
+    stripped = text.strip()
+    return not stripped or stripped.startswith("#")
+
+
+def check_output_name(name: str) -> None:
+    """Raise `InvalidTaskError` unless `name` is a safe, portable file name stem."""
+
+    def bad(why: str) -> InvalidTaskError:
+        return InvalidTaskError(f"unsafe output_name {name!r}: {why}", field="output_name")
+
+    if not name:
+        raise bad("it is empty")
+    if name in (".", ".."):
+        raise bad("it is a relative path component")
+    if "/" in name or "\\" in name:
+        raise bad("it contains a path separator")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise bad("it contains a control character")
+    if name.startswith("."):
+        raise bad("it starts with a dot (hidden file)")
+    if name.endswith((".", " ")):
+        raise bad("it ends with a dot or a space")
+    if name != name.strip():
+        raise bad("it has leading or trailing whitespace")
+    forbidden = sorted(set(name) & _WINDOWS_FORBIDDEN)
+    if forbidden:
+        raise bad(f"it contains {''.join(forbidden)!r}, not allowed in Windows file names")
+    if name.split(".")[0].upper() in _WINDOWS_DEVICES:
+        raise bad("it is a reserved Windows device name")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise bad(f"it is longer than {MAX_NAME_BYTES} bytes")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad("it is not valid Unicode text") from None
+
+
+def name_key(name: str) -> str:
+    """Identity of an output name on a case-insensitive file system."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+class TaskValidator:
+    """Turns decoded objects into Tasks. Holds the names seen so far (duplicate check)."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self._names: dict[str, int] = {}  # name_key -> first line using it
+
+    def validate(self, line: int, obj: Any) -> Task:
+        if not isinstance(obj, Mapping):
+            raise InvalidTaskError(
+                f"line {line}: expected a JSON object, got {_json_type(obj)}"
+            )
+        fields = self._canonical_fields(line, obj)
+        # The name comes first so that later errors on this line still report it.
+        name = self._output_name(line, fields)
+
+        if "input_text" not in fields:
+            raise InvalidTaskError(f"line {line}: missing required field 'input_text'", field="input_text")
+        text = _typed(line, fields, "input_text", str)
+        if not text.strip():
+            raise InvalidTaskError(f"line {line}: input_text is empty", field="input_text")
+
+        prompt_text = _typed(line, fields, "prompt_text", str, optional=True)
+        seed = _typed(line, fields, "seed", int, optional=True)
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InvalidTaskError(f"line {line}: seed {seed} is outside 0..2**63-1", field="seed")
+        phoneme = _typed(line, fields, "phoneme", bool, optional=True)
+
+        prompt_audio: Path | None = None
+        raw_prompt = _typed(line, fields, "prompt_audio", str, optional=True)
+        if raw_prompt is not None:
+            if not raw_prompt.strip() or "\x00" in raw_prompt:
+                raise InvalidTaskError(f"line {line}: prompt_audio is not a usable path", field="prompt_audio")
+            prompt_audio = self.base_dir / Path(os.path.expanduser(raw_prompt))
+            if not prompt_audio.is_file():
+                why = "is not a file" if prompt_audio.exists() else "not found"
+                raise PromptAudioError(f"line {line}: prompt_audio {str(prompt_audio)!r} {why}")
+
+        return Task(
+            line=line,
+            text=text,
+            output_name=name,
+            prompt_audio=prompt_audio,
+            prompt_text=prompt_text,
+            seed=seed,
+            phoneme=bool(phoneme),
+        )
+
+    def _canonical_fields(self, line: int, obj: Mapping) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        unknown = [k for k in obj if k not in CANONICAL_FIELDS and k not in ALIASES]
+        if unknown:
+            names = ", ".join(repr(str(k)) for k in unknown)
+            raise InvalidTaskError(
+                f"line {line}: unknown field {names} (allowed: {', '.join(CANONICAL_FIELDS)}; "
+                f"aliases: {', '.join(ALIASES)})",
+                field=str(unknown[0]),
+            )
+        for key, value in obj.items():
+            canonical = ALIASES.get(key, key)
+            if canonical in fields:
+                alias = key if key in ALIASES else next(a for a, c in ALIASES.items() if c == key)
+                raise InvalidTaskError(
+                    f"line {line}: both {alias!r} and its canonical name {canonical!r} are given",
+                    field=canonical,
+                )
+            fields[canonical] = value
+        return fields
+
+    def _output_name(self, line: int, fields: dict[str, Any]) -> str:
+        raw = fields.get("output_name")
+        if raw is None:
+            name = str(line)
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            name = str(raw)  # numeric utterance ids are common
+        elif isinstance(raw, str):
+            name = raw
+        else:
+            raise InvalidTaskError(
+                f"line {line}: output_name must be a string, got {_json_type(raw)}", field="output_name"
+            )
+        try:
+            check_output_name(name)
+        except InvalidTaskError as e:
+            raise InvalidTaskError(f"line {line}: {e}", field="output_name") from None
+        key = name_key(name)
+        first = self._names.get(key)
+        if first is not None:
+            raise InvalidTaskError(
+                f"line {line}: duplicate output_name {name!r} (already used on line {first}; "
+                "names are compared case-insensitively)",
+                field="output_name",
+            )
+        self._names[key] = line
+        return name
+
+
+def _typed(line: int, fields: Mapping[str, Any], key: str, kind: type, optional: bool = False) -> Any:
+    value = fields.get(key)
+    if value is None and optional:
+        return None
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        want = {str: "a string", int: "an integer", bool: "true or false"}[kind]
+        raise InvalidTaskError(f"line {line}: {key} must be {want}, got {_json_type(value)}", field=key)
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _raw_output_name(obj: Any) -> str | None:
+    """Best-effort name for the manifest record of an invalid line."""
+    if not isinstance(obj, Mapping):
+        return None
+    raw = obj.get("output_name", obj.get("uttid"))
+    if isinstance(raw, (str, int)) and not isinstance(raw, bool):
+        return str(raw)
+    return None
+
+
+def _raw_seed(obj: Any) -> int | None:
+    if isinstance(obj, Mapping):
+        seed = obj.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+    return None
+
+
+def _validate(validator: TaskValidator, line: int, obj: Any) -> TaskOrInvalid:
+    try:
+        return validator.validate(line, obj)
+    except TaskError as e:
+        return InvalidLine(line=line, error=e, output_name=_raw_output_name(obj), seed=_raw_seed(obj))
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _decode_line(line: int, raw: bytes) -> tuple[str | None, TaskOrInvalid | None]:
+    """Returns (text, None) for a line to parse, (None, None) to skip, or (None, InvalidLine)."""
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if is_skippable(raw.decode("utf-8", "replace")):
+            return None, None
+        err = InvalidTaskError(f"line {line}: not valid UTF-8 (byte {e.start})")
+        return None, InvalidLine(line=line, error=err)
+    if is_skippable(text):
+        return None, None
+    return text, None
+
+
+def parse_line(validator: TaskValidator, line: int, raw: bytes) -> TaskOrInvalid | None:
+    """One physical line to a Task / InvalidLine, or None for blank and comment lines."""
+    text, invalid = _decode_line(line, raw)
+    if invalid is not None:
+        return invalid
+    if text is None:
+        return None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        err = InvalidTaskError(f"line {line}: invalid JSON: {e}")
+        return InvalidLine(line=line, error=err)
+    return _validate(validator, line, obj)
+
+
+def open_task_file(path: str | Path):
+    """Open a task file for streaming, turning OS errors into `RunError` (exit 2)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise RunError(f"task file {str(path)!r} is a folder")
+        return open(path, "rb")
+    except OSError as e:
+        raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
+
+
+def iter_task_file(path: str | Path) -> Iterator[TaskOrInvalid]:
+    """Stream a JSONL task file. Relative prompt paths resolve against the file's folder."""
+    path = Path(path)
+    f = open_task_file(path)
+    return iter_open_task_file(f, path.resolve().parent)
+
+
+def iter_open_task_file(f: BinaryIO, base_dir: Path) -> Iterator[TaskOrInvalid]:
+    """Stream tasks from an already opened binary file; closes it when exhausted."""
+    validator = TaskValidator(base_dir)
+    with f:
+        for line, raw in enumerate(f, start=1):
+            item = parse_line(validator, line, raw)
+            if item is not None:
+                yield item
+
+
+def iter_task_dicts(tasks: Iterable[Any], base_dir: str | Path | None = None) -> Iterator[TaskOrInvalid]:
+    """Validate tasks given as mappings (Python API). Line = 1-based position."""
+    validator = TaskValidator(Path(base_dir) if base_dir is not None else Path.cwd())
+    for line, obj in enumerate(tasks, start=1):
+        yield _validate(validator, line, obj)
+
+
+def count_lines(path: str | Path, chunk: int = 1 << 20) -> int:
+    """Physical line count, read in chunks (for a progress bar's total)."""
+    n = 0
+    last = b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")

@@ -1,0 +1,141 @@
+"""Deterministic engines for exercising the batch loop without a model.
+
+Audio depends only on (text, seed), so two runs over the same tasks produce
+byte-identical WAVs, which the resume tests rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from glmtts_batch.engines.base import EngineInfo, Synthesis, SynthesisRequest
+from glmtts_batch.errors import TaskError
+
+
+class FakeEngine:
+    """A short deterministic tone per task; counts calls."""
+
+    def __init__(self, *, sample_rate: int = 16000, samples: int = 1600, name: str = "fake", model: str = "fake-v1") -> None:
+        self.info = EngineInfo(name=name, model=model, sample_rate=sample_rate, device="cpu", clones_voice=True)
+        self.samples = samples
+        self.requests: list[SynthesisRequest] = []
+        self.free_memory_calls = 0
+        self.closed = False
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        self.requests.append(request)
+        return Synthesis(
+            audio=self._audio(request),
+            sample_rate=self.info.sample_rate,
+            details={"chars": len(request.text), "phoneme": request.phoneme},
+            warnings=[],
+        )
+
+    def _audio(self, request: SynthesisRequest) -> np.ndarray:
+        digest = hashlib.sha256(f"{request.seed}|{request.text}".encode()).digest()
+        freq = 100 + digest[0] * 4
+        t = np.arange(self.samples, dtype=np.float32) / self.info.sample_rate
+        # Amplitude > 1 on purpose: the writer must clip, not wrap around.
+        return (1.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+    def free_memory(self) -> None:
+        self.free_memory_calls += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": len(self.requests)}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class NoOpEngine(FakeEngine):
+    """Returns a handful of samples and keeps nothing per call (memory tests)."""
+
+    def __init__(self) -> None:
+        super().__init__(samples=4, name="noop", model="noop-v1")
+        self.calls = 0
+        self._audio_const = np.zeros(4, dtype=np.float32)
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        self.calls += 1
+        return Synthesis(audio=self._audio_const, sample_rate=self.info.sample_rate)
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": self.calls}
+
+
+class SlowEngine(FakeEngine):
+    """Sleeps per task so a subprocess can be killed or signalled mid-run."""
+
+    def __init__(self, delay_s: float = 0.05, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.delay_s = delay_s
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        time.sleep(self.delay_s)
+        return super().synthesize(request)
+
+
+class RaisingEngine(FakeEngine):
+    """Raises `exc_factory()` for texts in `fail_texts`."""
+
+    def __init__(self, fail_texts: Iterable[str], exc_factory=lambda: TaskError("boom", field="input_text"), **kw: Any) -> None:
+        super().__init__(**kw)
+        self.fail_texts = set(fail_texts)
+        self.exc_factory = exc_factory
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        if request.text in self.fail_texts:
+            self.requests.append(request)
+            raise self.exc_factory()
+        return super().synthesize(request)
+
+
+class FakeCudaOutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError, without importing torch."""
+
+
+FakeCudaOutOfMemoryError.__name__ = "OutOfMemoryError"
+
+
+class OomEngine(RaisingEngine):
+    """Raises an out-of-memory error for texts in `fail_texts`; afterwards works only once
+    `free_memory()` has been called (as a real accelerator would need)."""
+
+    def __init__(self, fail_texts: Iterable[str], *, style: str = "torch", **kw: Any) -> None:
+        if style == "torch":
+            factory = lambda: FakeCudaOutOfMemoryError("CUDA error: tried to allocate 2.00 GiB")  # noqa: E731
+        else:
+            factory = lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")  # noqa: E731
+        super().__init__(fail_texts, factory, **kw)
+        self.dirty = False
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        if self.dirty:
+            raise AssertionError("next task ran without free_memory() after an OOM")
+        if request.text in self.fail_texts:
+            self.dirty = True
+        return super().synthesize(request)
+
+    def free_memory(self) -> None:
+        super().free_memory()
+        self.dirty = False
+
+
+class WarningEngine(FakeEngine):
+    """Reports that it ignores the prompt, like the espeak engine."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.info = EngineInfo(name="fake", model="fake-v1", sample_rate=self.info.sample_rate, device="cpu", clones_voice=False)
+
+    def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        result = super().synthesize(request)
+        if request.prompt_audio is not None:
+            result.warnings.append("prompt audio ignored")
+        return result
