@@ -1,0 +1,633 @@
+"""The speech-token language model: a Llama that continues text with speech tokens.
+
+The released `llm/` folder is a plain Hugging Face Llama (config.json + sharded
+safetensors, tied embeddings, no `lm_head` key). `SpeechLM` wraps transformers'
+`LlamaModel` under the attribute `model`, so its state-dict keys are the released ones
+(`model.embed_tokens.weight`, `model.layers.N.…`, `model.norm.weight`), and computes
+logits with the embedding table itself (tied weights).
+
+Generation follows upstream `GLMTTS.inference` (pretrain mode):
+
+    input ids = prompt_text_ids + text_ids + [boa] + (prompt_speech_tokens + ats)
+
+embedded with the LLM's own table, decoded one token at a time with a KV cache, eoa
+masked for the first `min_len = int(2 * len(text_ids))` steps, at most
+`max_len = int(20 * len(text_ids))` steps, returned tokens `id - ats`.
+
+Deliberate differences from upstream:
+
+- Candidates are only the audio ids `[ats, ate]` plus eoa. Upstream samples the whole
+  vocabulary, prints a warning for out-of-range tokens and then fails in the flow;
+  random-weight checkpoints hit that constantly. Only these rows of the (tied) output
+  matrix are multiplied, which also saves two thirds of the output projection.
+  The softmax is over the candidates, which for the trained model is the same
+  distribution up to the negligible mass it gives to text tokens.
+- Prompt speech tokens always get the `ats` offset. Upstream skips the offset when the
+  prompt *text* is empty, feeding raw codebook indices as text ids (a bug).
+
+Long text (`generate_long`) follows upstream `glmtts_inference.generate_long` and its
+prompt-history cache; the pruning rule is the pure function `prune_prompt_history`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.sampling import RasParams, ras_sample, topk_sample
+from glmtts_batch.glmtts.weights import load_module, read_state_dict
+
+# Upstream `MAX_LLM_SEQ_INP_LEN`: budget for cached + expected speech tokens in the prompt.
+PROMPT_HISTORY_LIMIT = 750
+# The released checkpoint was saved by transformers' `save_pretrained` with its default
+# 5 GB shard limit; reproducing it gives exactly the released weight map.
+HF_MAX_SHARD_BYTES = 5_000_000_000
+_TRANSFORMERS_VERSION = "4.47.1"  # as written in the released config files
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+class SpecialIds(Protocol):
+    """Special token ids, resolved through the text tokenizer (`text.tokenizer.SpecialTokens`)."""
+
+    ats: int  # <|audio_0|>
+    ate: int  # <|audio_32767|>
+    boa: int  # <|begin_of_audio|>
+    eoa: int  # <|user|>, the stop token
+    pad: int  # <|endoftext|>
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    """Shapes of the Llama. `full()` is the released checkpoint."""
+
+    vocab_size: int = 98304
+    hidden_size: int = 2048
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 4
+    head_dim: int = 128
+    intermediate_size: int = 6144
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 8192
+
+    @classmethod
+    def full(cls, vocab_size: int = 98304) -> LlmConfig:
+        return cls(vocab_size=vocab_size)
+
+    @classmethod
+    def tiny(cls, vocab_size: int = 98304) -> LlmConfig:
+        return cls(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+        )
+
+    @classmethod
+    def preset(cls, name: str, vocab_size: int | None = None) -> LlmConfig:
+        if name not in ("tiny", "full"):
+            raise ValueError(f"unknown LLM preset {name!r} (expected 'tiny' or 'full')")
+        factory = cls.tiny if name == "tiny" else cls.full
+        return factory() if vocab_size is None else factory(vocab_size=vocab_size)
+
+    def to_json(self) -> dict:
+        """The config.json a released checkpoint of these shapes has (same keys, same order)."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "mlp_bias": False,
+            "model_type": "llama",
+            "num_attention_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "pretraining_tp": 1,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_scaling": None,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": True,
+            "torch_dtype": "float32",
+            "transformers_version": _TRANSFORMERS_VERSION,
+            "use_cache": True,
+            "vocab_size": self.vocab_size,
+        }
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> LlmConfig:
+        """Read an `llm/config.json`, refusing what this runtime does not implement."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot read the LLM config ({exc})") from exc
+        problems = []
+        if raw.get("model_type") != "llama":
+            problems.append(f"model_type is {raw.get('model_type')!r}, expected 'llama'")
+        if raw.get("tie_word_embeddings", False) is not True:
+            problems.append("tie_word_embeddings must be true (the released layout has no lm_head)")
+        if raw.get("rope_scaling") not in (None, {}):
+            problems.append(f"rope_scaling {raw.get('rope_scaling')!r} is not supported")
+        for flag in ("attention_bias", "mlp_bias"):
+            if raw.get(flag, False):
+                problems.append(f"{flag} must be false")
+        if raw.get("hidden_act", "silu") != "silu":
+            problems.append(f"hidden_act {raw.get('hidden_act')!r} is not supported")
+        values = {}
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if not isinstance(raw.get(name), int) or raw[name] <= 0:
+                problems.append(f"{name} must be a positive integer, got {raw.get(name)!r}")
+            else:
+                values[name] = raw[name]
+        if problems:
+            raise CheckpointError(f"{path}: " + "; ".join(problems))
+        heads = values["num_attention_heads"]
+        return cls(
+            **values,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or values["hidden_size"] // heads),
+            rope_theta=float(raw.get("rope_theta", 10000.0)),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
+        )
+
+    def llama_config(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig.from_dict(self.to_json())
+
+    def tensor_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Released key names and shapes, in the order `save_pretrained` writes them."""
+        h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
+        q, ff = self.num_attention_heads * self.head_dim, self.intermediate_size
+        shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (self.vocab_size, h))]
+        for i in range(self.num_hidden_layers):
+            p = f"model.layers.{i}."
+            shapes += [
+                (p + "self_attn.q_proj.weight", (q, h)),
+                (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)),
+                (p + "self_attn.o_proj.weight", (h, q)),
+                (p + "mlp.gate_proj.weight", (ff, h)),
+                (p + "mlp.up_proj.weight", (ff, h)),
+                (p + "mlp.down_proj.weight", (h, ff)),
+                (p + "input_layernorm.weight", (h,)),
+                (p + "post_attention_layernorm.weight", (h,)),
+            ]
+        shapes.append(("model.norm.weight", (h,)))
+        return shapes
+
+
+# --------------------------------------------------------------------------------------
+# Generation options, results, and the prompt-history cache
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    sample_method: Literal["ras", "topk"] = "ras"
+    ras: RasParams = field(default_factory=RasParams)
+    top_k: int = 25  # for sample_method="topk" (upstream's `sampling`)
+    min_token_text_ratio: float = 2.0
+    max_token_text_ratio: float = 20.0
+    kv_cache: bool = True  # False: recompute the whole sequence each step (less memory)
+    # Benchmarks: ignore eoa and generate exactly this many tokens (random weights never stop).
+    force_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sample_method not in ("ras", "topk"):
+            raise ValueError(f"sample_method must be 'ras' or 'topk', got {self.sample_method!r}")
+        if self.sample_method == "topk" and self.top_k < 2:
+            raise ValueError("sample_method='topk' needs top_k >= 2 (the stop token may take one slot)")
+        if self.force_tokens is not None and self.force_tokens < 0:
+            raise ValueError(f"force_tokens must be >= 0, got {self.force_tokens}")
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int  # length of the input sequence (prompt text + text + boa + prompt speech)
+    generated_tokens: int
+    seconds: float
+    stop_reason: Literal["eoa", "max_len", "forced"]
+    ras_fallbacks: int = 0  # steps where RAS resampled from the full distribution
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "seconds": self.seconds,
+            "tokens_per_s": self.tokens_per_s,
+            "stop_reason": self.stop_reason,
+            "ras_fallbacks": self.ras_fallbacks,
+        }
+
+
+@dataclass(frozen=True)
+class PromptHistoryEntry:
+    """One prompt-history item: the original prompt, or an earlier piece and its output."""
+
+    text_ids: tuple[int, ...]
+    speech_tokens: tuple[int, ...]  # offsets from ats, 0..ate-ats
+
+
+def prune_prompt_history(
+    history: Sequence[PromptHistoryEntry], new_text_len: int, *, limit: int = PROMPT_HISTORY_LIMIT
+) -> list[PromptHistoryEntry]:
+    """Upstream `get_cached_prompt`'s pruning: drop the oldest non-original entries.
+
+    The expected length of the new piece is `int(cached speech / cached text * new text)`
+    (float ratio, truncated product; a zero text count counts as 1), computed once over
+    the whole history including the original prompt, before anything is dropped. Then
+    entries from index 1 on are dropped while `cached speech + estimate > limit`; the
+    original prompt (index 0) is always kept.
+    """
+    text_total = sum(len(e.text_ids) for e in history)
+    speech_total = sum(len(e.speech_tokens) for e in history)
+    ratio = speech_total / (text_total if text_total > 0 else 1.0)
+    estimate = int(ratio * new_text_len)
+    kept = list(history)
+    while len(kept) > 1 and sum(len(e.speech_tokens) for e in kept) + estimate > limit:
+        del kept[1]
+    return kept
+
+
+def flatten_prompt_history(history: Sequence[PromptHistoryEntry]) -> tuple[list[int], list[int]]:
+    """Concatenate the entries into (prompt_text_ids, prompt_speech_tokens)."""
+    text: list[int] = []
+    speech: list[int] = []
+    for entry in history:
+        text.extend(entry.text_ids)
+        speech.extend(entry.speech_tokens)
+    return text, speech
+
+
+def build_input_ids(
+    text_ids: Sequence[int],
+    prompt_text_ids: Sequence[int],
+    prompt_speech_tokens: Sequence[int],
+    special: SpecialIds,
+) -> list[int]:
+    """`prompt_text_ids + text_ids + [boa] + (prompt_speech_tokens + ats)`."""
+    n_audio = special.ate - special.ats + 1
+    bad = [t for t in prompt_speech_tokens if not 0 <= t < n_audio]
+    if bad:
+        raise ValueError(f"prompt speech tokens outside 0..{n_audio - 1}: {bad[:5]}")
+    return [*prompt_text_ids, *text_ids, special.boa, *(t + special.ats for t in prompt_speech_tokens)]
+
+
+def _check_special(special: SpecialIds, vocab_size: int) -> None:
+    problems = []
+    if not 0 <= special.ats <= special.ate < vocab_size:
+        problems.append(f"audio range [{special.ats}, {special.ate}] not inside the vocabulary ({vocab_size})")
+    if special.ats <= special.eoa <= special.ate:
+        problems.append(f"eoa {special.eoa} lies inside the audio range")
+    for name in ("boa", "eoa"):
+        if not 0 <= getattr(special, name) < vocab_size:
+            problems.append(f"{name} {getattr(special, name)} outside the vocabulary ({vocab_size})")
+    if problems:
+        raise ValueError("special token ids do not fit this LLM: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------
+# The model
+
+
+class SpeechLM(nn.Module):
+    def __init__(self, config: LlmConfig) -> None:
+        super().__init__()
+        from transformers import LlamaModel
+
+        self.config = config
+        self.model = LlamaModel(config.llama_config())
+
+    @classmethod
+    def load(
+        cls,
+        llm_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ) -> SpeechLM:
+        """Load a released (or random) `llm/` folder straight onto `device` in `dtype`.
+
+        Missing, unexpected or mis-shaped keys raise `CheckpointError` naming them.
+        """
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        llm_dir = Path(llm_dir)
+        device = torch.device(device)
+        dtype = resolve_dtype(dtype)
+        config = LlmConfig.from_json(llm_dir / "config.json")
+        index = llm_dir / "model.safetensors.index.json"
+        weights = index if index.exists() else llm_dir / "model.safetensors"
+        if not weights.exists():
+            raise CheckpointError(f"{llm_dir}: no model.safetensors.index.json or model.safetensors")
+        state = read_state_dict(weights, device=device)
+        # Convert one tensor at a time so two full copies never coexist.
+        for key in list(state):
+            if state[key].is_floating_point():
+                state[key] = state[key].to(dtype)
+
+        def build() -> SpeechLM:
+            lm = cls(config)
+            # RoPE frequencies are a non-persistent buffer, absent from the checkpoint:
+            # build them for real on the target device (float32, as transformers does).
+            with torch.device(device):
+                lm.model.rotary_emb = LlamaRotaryEmbedding(config=lm.model.config)
+            return lm
+
+        return load_module(build, state, where=str(weights), device=device, dtype=dtype)
+
+    from_checkpoint = load
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """(B, T) int64 -> (B, T, D)."""
+        return self.model.embed_tokens(ids)
+
+    def last_hidden(self, inputs_embeds: Tensor, past_key_values=None) -> Tensor:
+        """(B, T, D) -> hidden state of the last position (B, D), after the final norm.
+
+        With `past_key_values` (a transformers `DynamicCache`) the cache is extended in place.
+        """
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+        )
+        return out.last_hidden_state[:, -1]
+
+    def candidate_logits(self, hidden: Tensor, special: SpecialIds) -> Tensor:
+        """(B, D) -> float32 logits (B, n_audio + 1): audio ids ats..ate, then eoa."""
+        table = self.model.embed_tokens.weight  # tied output projection
+        audio = hidden @ table[special.ats : special.ate + 1].T
+        stop = hidden @ table[special.eoa : special.eoa + 1].T
+        return torch.cat([audio, stop], dim=-1).float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        text_ids: Sequence[int],
+        prompt_text_ids: Sequence[int],
+        prompt_speech_tokens: Sequence[int],
+        special: SpecialIds,
+        *,
+        seed: int,
+        options: GenerationOptions = GenerationOptions(),
+    ) -> tuple[list[int], GenerationStats]:
+        """Speech tokens (offsets from ats) for one text, and how the generation went."""
+        _check_special(special, self.config.vocab_size)
+        ids = build_input_ids(text_ids, prompt_text_ids, prompt_speech_tokens, special)
+        device = self.device
+        stop_index = special.ate - special.ats + 1  # eoa's column in candidate_logits
+        if options.force_tokens is not None:
+            steps = min_len = options.force_tokens
+        else:
+            min_len = int(len(text_ids) * options.min_token_text_ratio)
+            steps = int(len(text_ids) * options.max_token_text_ratio)
+
+        generator = torch.Generator(device=device).manual_seed(seed)
+        started = time.perf_counter()
+        prompt_embeds = self.embed(torch.tensor([ids], dtype=torch.long, device=device))  # (1, T, D)
+        out = torch.zeros(1, max(steps, 1), dtype=torch.long, device=device)  # candidate index == token offset
+        fallbacks = torch.zeros((), dtype=torch.long, device=device)
+        cache = self._new_cache() if options.kv_cache else None
+        step_embeds = prompt_embeds
+        n_out = 0
+        stop_reason: Literal["eoa", "max_len", "forced"] = "forced" if options.force_tokens is not None else "max_len"
+        for i in range(steps):
+            if cache is None:
+                step_embeds = torch.cat([prompt_embeds, self.embed(out[:, :i] + special.ats)], dim=1)
+            scores = self.candidate_logits(self.last_hidden(step_embeds, cache), special)  # (1, V')
+            may_stop = i >= min_len
+            if options.sample_method == "ras":
+                if not may_stop:
+                    scores[:, stop_index] = float("-inf")
+                history = out[:, max(0, i - options.ras.win_size) : i]
+                token, fell_back = ras_sample(scores, history, params=options.ras, generator=generator)
+                fallbacks += fell_back.sum()
+            else:
+                exclude = None if may_stop else stop_index
+                token = topk_sample(scores, k=options.top_k, exclude=exclude, generator=generator)
+            # Before min_len the stop token cannot be drawn: no host sync needed.
+            if may_stop and int(token.item()) == stop_index:
+                stop_reason = "eoa"
+                break
+            out[:, i] = token
+            n_out = i + 1
+            if cache is not None:
+                step_embeds = self.embed(token[:, None] + special.ats)
+        tokens = out[0, :n_out].tolist()
+        n_fallbacks = int(fallbacks.item())
+        seconds = time.perf_counter() - started
+        stats = GenerationStats(
+            prompt_tokens=len(ids),
+            generated_tokens=n_out,
+            seconds=seconds,
+            stop_reason=stop_reason,
+            ras_fallbacks=n_fallbacks,
+        )
+        return tokens, stats
+
+    def generate_long(
+        self,
+        pieces_text_ids: Sequence[Sequence[int]],
+        prompt_text_ids: Sequence[int],
+        prompt_speech_tokens: Sequence[int],
+        special: SpecialIds,
+        *,
+        seed: int,
+        prompt_cache: bool = True,
+        history_limit: int = PROMPT_HISTORY_LIMIT,
+        options: GenerationOptions = GenerationOptions(),
+    ) -> tuple[list[list[int]], list[GenerationStats]]:
+        """Generate the pieces of a long text in order, each re-seeded with `seed`.
+
+        With `prompt_cache`, earlier pieces (text ids + generated tokens) follow the
+        original prompt, pruned by `prune_prompt_history` before each piece; the pruned
+        history carries over to later pieces, as upstream's cache does.
+        """
+        history = [PromptHistoryEntry(tuple(prompt_text_ids), tuple(prompt_speech_tokens))]
+        all_tokens: list[list[int]] = []
+        all_stats: list[GenerationStats] = []
+        for text_ids in pieces_text_ids:
+            if prompt_cache:
+                history = prune_prompt_history(history, len(text_ids), limit=history_limit)
+                p_text, p_speech = flatten_prompt_history(history)
+            else:
+                p_text, p_speech = list(prompt_text_ids), list(prompt_speech_tokens)
+            tokens, stats = self.generate(text_ids, p_text, p_speech, special, seed=seed, options=options)
+            history.append(PromptHistoryEntry(tuple(text_ids), tuple(tokens)))
+            all_tokens.append(tokens)
+            all_stats.append(stats)
+        return all_tokens, all_stats
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+
+# --------------------------------------------------------------------------------------
+# Random-weight checkpoints in the released layout
+
+
+def plan_llm_shards(config: LlmConfig, num_shards: int = 2) -> list[list[str]]:
+    """Which keys go in which shard, in `save_pretrained` order.
+
+    The full preset in two shards uses transformers' 5 GB greedy rule, which reproduces
+    the released weight map exactly. Otherwise keys are cut into `num_shards` contiguous
+    runs of about equal bytes (fewer if one tensor dominates).
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    shapes = config.tensor_shapes()
+    sizes = [4 * math.prod(shape) for _, shape in shapes]  # float32
+    total = sum(sizes)
+    shards: list[list[str]] = []
+    if config == LlmConfig.full(config.vocab_size) and num_shards == 2 and total > HF_MAX_SHARD_BYTES:
+        current = 0
+        for (name, _), size in zip(shapes, sizes):
+            if not shards or current + size > HF_MAX_SHARD_BYTES:
+                shards.append([])
+                current = 0
+            shards[-1].append(name)
+            current += size
+        return shards
+    before = 0
+    assignment: dict[int, list[str]] = {}
+    for (name, _), size in zip(shapes, sizes):
+        assignment.setdefault(min(num_shards - 1, before * num_shards // total), []).append(name)
+        before += size
+    return [assignment[k] for k in sorted(assignment)]
+
+
+def iter_random_llm_tensors(config: LlmConfig, seed: int) -> Iterator[tuple[str, Tensor]]:
+    """Random float32 weights in `save_pretrained` order: N(0, 0.02) matrices, unit norms.
+
+    One generator walks the keys in order, so the values depend only on (config, seed),
+    and only one tensor exists at a time.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, shape in config.tensor_shapes():
+        if len(shape) == 1:
+            yield name, torch.ones(shape)
+        else:
+            yield name, torch.randn(shape, generator=generator) * 0.02
+
+
+def random_llm_state_dict(config: LlmConfig, seed: int) -> dict[str, Tensor]:
+    """The whole random state dict in memory (small presets only)."""
+    return dict(iter_random_llm_tensors(config, seed))
+
+
+def write_random_llm(
+    directory: str | Path,
+    preset: str = "tiny",
+    vocab_size: int | None = None,
+    seed: int = 0,
+    num_shards: int = 2,
+) -> Path:
+    """Write a random-weight `llm/` folder in the released layout and return it.
+
+    config.json, generation_config.json, `model-0000K-of-0000N.safetensors` shards and
+    `model.safetensors.index.json`; float32, tied embeddings, no lm_head key. Tensors are
+    generated and streamed to disk one at a time, so even the full preset (6.2 GB) never
+    holds more than its largest tensor in memory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = LlmConfig.preset(preset, vocab_size)
+    plan = plan_llm_shards(config, num_shards)
+    shapes = dict(config.tensor_shapes())
+    (directory / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    generation = {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2}
+    generation["transformers_version"] = _TRANSFORMERS_VERSION
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+    tensors = iter_random_llm_tensors(config, seed)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for k, names in enumerate(plan, start=1):
+        shard = f"model-{k:05d}-of-{len(plan):05d}.safetensors"
+        total += _write_safetensors_stream(directory / shard, [(n, shapes[n]) for n in names], tensors)
+        weight_map.update({n: shard for n in names})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return directory
+
+
+def _write_safetensors_stream(
+    path: Path, entries: list[tuple[str, tuple[int, ...]]], tensors: Iterator[tuple[str, Tensor]]
+) -> int:
+    """Write float32 tensors to a safetensors file as they come; returns the data bytes.
+
+    Format: u64 little-endian header length, JSON header (padded with spaces to 8 bytes),
+    then the raw little-endian data at the header's offsets.
+    """
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in entries:
+        size = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, shape in entries:
+            got, tensor = next(tensors)
+            if got != name or tuple(tensor.shape) != shape:
+                raise RuntimeError(f"tensor stream out of order: expected {name}{shape}, got {got}")
+            f.write(memoryview(tensor.contiguous().numpy()).cast("B"))
+    tmp.replace(path)
+    return offset
