@@ -1,0 +1,77 @@
+"""Length splitting: upstream `split_by_len` parity, and a sane cut where upstream raises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glmtts_batch.glmtts.text.split import (
+    LengthCounter,
+    count_syllables_rule,
+    split_by_len,
+    split_into_units,
+)
+
+
+def _cases(golden_dir: Path) -> list[dict]:
+    return json.loads((golden_dir / "text" / "text_golden.json").read_text())["cases"]
+
+
+def test_split_by_len_matches_golden(golden_dir: Path) -> None:
+    checked = 0
+    for case in _cases(golden_dir):
+        for source, field in [
+            (case["text"], "split_by_len"),
+            (case["text_normalize"]["value"], "pipeline_split_of_normalized"),
+        ]:
+            expected = case[field]
+            if not expected["ok"]:
+                assert case["id"] == "en_run_on_no_punct" and expected["error"].startswith("IndexError")
+                continue
+            assert split_by_len(source, 30, 60) == expected["value"], (case["id"], field)
+            checked += 1
+    assert checked == 32
+
+
+def test_run_on_english_where_upstream_raises(golden_dir: Path) -> None:
+    case = next(c for c in _cases(golden_dir) if c["id"] == "en_run_on_no_punct")
+    length = LengthCounter()
+    for text in (case["text"], case["text_normalize"]["value"]):
+        pieces = split_by_len(text, 30, 60)
+        assert len(pieces) >= 2
+        assert "".join(pieces) == text  # nothing lost
+        assert all(length(split_into_units(p)) <= 60 for p in pieces)  # nothing over the limit
+        words = text.split()
+        assert sum(len(p.split()) for p in pieces) == len(words)  # no word cut in half
+        assert [w for p in pieces for w in p.split()] == words
+
+
+def test_units_and_weights() -> None:
+    units = split_into_units("我爱 deep-learning, it's 12!")
+    assert units == ["我", "爱 ", "deep-learning", ", ", "it's ", "1", "2", "!"]
+    length = LengthCounter()
+    assert length(["我", "爱"]) == 2
+    assert length(["hello "]) == pytest.approx(2 * 0.7)  # he-llo
+    assert length(["it's "]) == 1  # not all letters: counts as one unit
+    assert count_syllables_rule("the") == 1
+    assert count_syllables_rule("make") == 1
+    assert count_syllables_rule("internationalization") == 8
+
+
+def test_short_text_is_one_piece() -> None:
+    assert split_by_len("你好。") == ["你好。"]
+    assert split_by_len("") == []
+
+
+def test_hard_cut_moves_punctuation_to_previous_piece() -> None:
+    text = "一" * 60 + "，" + "二" * 10
+    pieces = split_by_len(text, 30, 60)
+    assert pieces == ["一" * 60 + "，", "二" * 10]
+
+
+def test_sentences_end_at_punctuation_after_min_len() -> None:
+    text = "短句。" + "这是一个足够长的句子" * 3 + "。后面还有一些话。"
+    pieces = split_by_len(text, 30, 60)
+    assert pieces == ["短句。" + "这是一个足够长的句子" * 3 + "。", "后面还有一些话。"]
