@@ -215,3 +215,45 @@ def test_reinitialising_from_other_files_is_refused(engine: EspeakEngine, tmp_pa
 )
 def test_split_runs_by_script(text: str, runs: list[TextRun]) -> None:
     assert split_runs(text) == runs
+
+
+# --------------------------------------------------------------------------- the demo job
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+def _make_prompt_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_prompt", JOBS / "make_prompt.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_prompt_is_a_short_24khz_pcm16_wav_that_make_prompt_reproduces(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    committed = JOBS / "prompt_narrator.wav"
+    info = sf.info(committed)
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    assert 3.0 <= info.duration <= 6.0
+    regenerated = tmp_path / "prompt.wav"
+    _make_prompt_module().make_prompt(regenerated)
+    assert regenerated.read_bytes() == committed.read_bytes(), "jobs/prompt_narrator.wav is stale: run jobs/make_prompt.py"
+
+
+def test_demo_job_is_valid_and_uses_the_prompt_transcript() -> None:
+    from glmtts_batch.tasks import Task, iter_task_file
+
+    items = list(iter_task_file(JOBS / "demo.jsonl"))
+    assert items and all(isinstance(item, Task) for item in items), items
+    assert 5 <= len(items) <= 8
+    prompt_text = _make_prompt_module().PROMPT_TEXT
+    scripts = set()
+    for task in items:
+        assert task.prompt_audio == JOBS / "prompt_narrator.wav"
+        assert task.prompt_text == prompt_text
+        scripts.add(frozenset(run.voice for run in split_runs(task.text)))
+    assert scripts == {frozenset({"cmn"}), frozenset({"en"}), frozenset({"cmn", "en"})}
