@@ -34,7 +34,7 @@ CLIP_LEVEL = 0.99
 MAX_CLIPPED_FRACTION = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy arrays have no single truth value for ==
 class PromptAudio:
     """A decoded prompt: float32 mono samples in [-1, 1] (nominally) at `sample_rate`."""
 
@@ -76,7 +76,7 @@ def load_prompt_audio(path: str | Path) -> PromptAudio:
     path = Path(path)
     name = str(path)
     if not path.is_file():
-        raise PromptAudioError(f"prompt audio {name}: file not found")
+        raise PromptAudioError(f"prompt audio {name}: file not found (or not a regular file)")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -125,7 +125,7 @@ def check_prompt_audio(audio: PromptAudio, name: str) -> None:
     if audible and clipped / audible > MAX_CLIPPED_FRACTION:
         raise PromptAudioError(
             f"prompt audio {name}: clipped to nothing ({100 * clipped / audible:.0f}% of the audible samples "
-            f"are at full scale); record it again at a lower level"
+            f"are at or beyond full scale); record it again at a lower level"
         )
 
 
