@@ -1,0 +1,347 @@
+"""The batch loop through the Python API, with fake engines."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fake_engines import FakeEngine, NoOpEngine, OomEngine, RaisingEngine, WarningEngine
+from glmtts_batch import RunError, Summary, run_batch
+from glmtts_batch.engines.base import Synthesis
+from glmtts_batch.manifest import RUN_DEPENDENT_KEYS
+from glmtts_batch.outputs import TEMP_PREFIX
+
+
+def write_tasks(path: Path, tasks: list[dict | str]) -> Path:
+    lines = [t if isinstance(t, str) else json.dumps(t, ensure_ascii=False) for t in tasks]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def stable(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in RUN_DEPENDENT_KEYS} for r in records]
+
+
+def run(tasks, out: Path, engine=None, **kw) -> Summary:
+    kw.setdefault("progress", False)
+    kw.setdefault("fsync", False)
+    return run_batch(tasks, out, engine=engine or FakeEngine(), **kw)
+
+
+def test_ok_run_writes_valid_wavs_manifest_summary_and_zip(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "book.jsonl", [
+        {"input_text": "one", "output_name": "ch1"},
+        "# comment",
+        {"input_text": "two", "seed": 5},
+        "",
+        {"input_text": "three", "output_name": "ch3", "phoneme": True},
+    ])
+    out = tmp_path / "out"
+    s = run(tasks, out, seed=11)
+    assert (s.ok, s.failed, s.invalid, s.skipped, s.exit_code) == (3, 0, 0, 0, 0)
+    assert s.zip == out / "book.zip" and s.manifest == out / "manifest.jsonl"
+
+    records = manifest(out)
+    assert [(r["line"], r["output_name"], r["status"], r["seed"]) for r in records] == [
+        (1, "ch1", "ok", 11), (3, "3", "ok", 5), (5, "ch3", "ok", 11)]
+    for r in records:
+        wav = out / r["wav"]
+        assert r["wav"] == f"{r['output_name']}.wav"
+        info = sf.info(wav)
+        assert (info.subtype, info.channels, info.samplerate, info.frames) == ("PCM_16", 1, 16000, 1600)
+        assert r["sha256"] == hashlib.sha256(wav.read_bytes()).hexdigest()
+        assert r["duration_s"] == pytest.approx(0.1) and r["sample_rate"] == 16000
+        assert (r["engine"], r["model"], r["error"], r["resumed"]) == ("fake", "fake-v1", None, False)
+        assert r["elapsed_s"] >= 0
+        audio, _ = sf.read(wav, dtype="int16")
+        assert audio.max() == 32767 and audio.min() == -32767  # amplitude 1.2 was clipped, not wrapped
+    assert records[2]["phoneme"] is True and records[2]["details"] == {"chars": 5, "phoneme": True}
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 3, "failed": 0, "invalid": 0, "skipped": 0}
+    assert summary["audio_seconds"] == pytest.approx(0.3)
+    assert summary["engine"] == {"name": "fake", "model": "fake-v1", "sample_rate": 16000, "device": "cpu",
+                                 "clones_voice": True}
+    assert summary["engine_stats"] == {"calls": 3}
+    assert summary["exit_code"] == 0 and summary["wall_seconds"] >= 0
+
+    with zipfile.ZipFile(out / "book.zip") as zf:
+        members = {i.filename: i for i in zf.infolist()}
+        assert set(members) == {"ch1.wav", "3.wav", "ch3.wav", "manifest.jsonl", "summary.json"}
+        for r in records:
+            assert members[r["wav"]].compress_type == zipfile.ZIP_STORED
+            assert hashlib.sha256(zf.read(r["wav"])).hexdigest() == r["sha256"]
+        assert zf.read("manifest.jsonl") == (out / "manifest.jsonl").read_bytes()
+        assert zf.read("summary.json") == (out / "summary.json").read_bytes()
+    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_invalid_lines_get_records_and_exit_1(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", [
+        {"input_text": "fine", "output_name": "a"},
+        "{oops",
+        {"input_text": "x", "output_name": "../etc/passwd"},
+        {"input_text": "again", "output_name": "A"},
+        {"input_text": "fine too"},
+    ])
+    out = tmp_path / "out"
+    s = run(tasks, out)
+    assert (s.ok, s.invalid, s.exit_code) == (2, 3, 1)
+    records = manifest(out)
+    assert [(r["line"], r["status"]) for r in records] == [(1, "ok"), (2, "invalid"), (3, "invalid"),
+                                                          (4, "invalid"), (5, "ok")]
+    assert records[1]["error"]["type"] == "InvalidTaskError" and records[1]["error"]["field"] is None
+    assert records[2]["error"]["field"] == "output_name" and records[2]["output_name"] == "../etc/passwd"
+    assert "duplicate" in records[3]["error"]["message"]
+    assert all(r["wav"] is None for r in records if r["status"] == "invalid")
+    assert not (tmp_path / "etc").exists()
+    with zipfile.ZipFile(out / "t.zip") as zf:
+        assert sorted(zf.namelist()) == ["5.wav", "a.wav", "manifest.jsonl", "summary.json"]
+
+
+def test_failing_tasks_are_isolated(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in ["a", "bad", "c", "worse", "e"]])
+    engine = RaisingEngine({"bad"})
+    engine.fail_texts.add("worse")
+    out = tmp_path / "out"
+    s = run(tasks, out, engine=engine)
+    assert (s.ok, s.failed, s.exit_code) == (3, 2, 1)
+    records = manifest(out)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok", "failed", "ok"]
+    assert records[1]["error"] == {"type": "TaskError", "message": "boom", "field": "input_text"}
+    assert not (out / "2.wav").exists() and (out / "3.wav").exists()
+    assert engine.free_memory_calls == 0
+
+
+def test_unexpected_exception_type_is_recorded(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}, {"input_text": "b"}])
+    engine = RaisingEngine({"a"}, lambda: ZeroDivisionError("division by zero"))
+    s = run(tasks, tmp_path / "out", engine=engine)
+    assert (s.ok, s.failed) == (1, 1)
+    assert manifest(tmp_path / "out")[0]["error"] == {"type": "ZeroDivisionError", "message": "division by zero",
+                                                      "field": None}
+
+
+@pytest.mark.parametrize("style", ["torch", "runtime"])
+def test_out_of_memory_frees_memory_and_next_task_runs(tmp_path: Path, style: str) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in ["a", "huge", "c", "huge2", "e"]])
+    engine = OomEngine({"huge", "huge2"}, style=style)
+    out = tmp_path / "out"
+    s = run(tasks, out, engine=engine)
+    assert engine.free_memory_calls == 2
+    assert (s.ok, s.failed) == (3, 2)
+    records = manifest(out)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok", "failed", "ok"]
+    assert records[1]["error"]["type"] == "OutOfMemoryError"
+    assert "2.00 GiB" in records[1]["error"]["message"]
+
+
+def test_non_finite_or_empty_audio_fails_that_task(tmp_path: Path) -> None:
+    class BadAudio(FakeEngine):
+        def synthesize(self, request):
+            if request.text == "nan":
+                return Synthesis(np.array([0.0, np.nan], dtype=np.float32), self.info.sample_rate)
+            if request.text == "empty":
+                return Synthesis(np.zeros(0, dtype=np.float32), self.info.sample_rate)
+            return super().synthesize(request)
+
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in ["nan", "empty", "ok"]])
+    s = run(tasks, tmp_path / "out", engine=BadAudio())
+    records = manifest(tmp_path / "out")
+    assert [r["status"] for r in records] == ["failed", "failed", "ok"]
+    assert "non-finite" in records[0]["error"]["message"] and "no audio" in records[1]["error"]["message"]
+    assert s.exit_code == 1
+
+
+def test_max_failures_stops_and_records_the_rest(tmp_path: Path) -> None:
+    texts = ["a", "f1", "b", "f2", "c", "f3", "d"]
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in texts] + ["{bad json"])
+    engine = RaisingEngine({"f1", "f2", "f3"})
+    out = tmp_path / "out"
+    s = run(tasks, out, engine=engine, max_failures=2)
+    records = manifest(out)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok", "failed", "skipped", "skipped", "skipped",
+                                              "invalid"]
+    assert [r["reason"] for r in records[4:7]] == ["max_failures"] * 3
+    assert all(r["wav"] is None for r in records[4:])
+    assert [r.text for r in engine.requests] == ["a", "f1", "b", "f2"]  # nothing ran after the stop
+    assert (s.failed, s.skipped, s.resumed, s.stopped_early, s.exit_code) == (2, 3, 0, True, 1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["not_run"] == 3
+
+
+def test_engine_warnings_and_details_reach_the_manifest(tmp_path: Path) -> None:
+    (tmp_path / "voice.wav").write_bytes(b"prompt")
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a", "prompt_audio": "voice.wav"}, {"input_text": "b"}])
+    log: list[str] = []
+    run(tasks, tmp_path / "out", engine=WarningEngine(), log=log.append)
+    records = manifest(tmp_path / "out")
+    assert records[0]["warnings"] == ["prompt audio ignored"] and records[1]["warnings"] == []
+    assert records[0]["prompt_audio"] == str(tmp_path / "voice.wav")
+    assert any("does not clone voices" in line for line in log)
+    assert any("engine: fake" in line for line in log)
+
+
+def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None:
+    (tmp_path / "voice.wav").write_bytes(b"prompt v1")
+    tasks = [
+        {"input_text": "alpha", "output_name": "a"},
+        {"input_text": "beta", "output_name": "b", "prompt_audio": "voice.wav"},
+        {"input_text": "gamma", "output_name": "c"},
+        {"input_text": "delta", "output_name": "d"},
+    ]
+    f = write_tasks(tmp_path / "t.jsonl", tasks)
+    out = tmp_path / "out"
+    first = run(f, out)
+    assert first.ok == 4
+    before = manifest(out)
+
+    engine = FakeEngine()
+    again = run(f, out, engine=engine)
+    assert (again.ok, again.skipped, again.resumed, again.exit_code) == (0, 4, 4, 0)
+    assert engine.requests == []
+    after = manifest(out)
+    assert all(r["status"] == "skipped" and r["resumed"] is True and r["reason"] == "resumed" for r in after)
+    assert stable(after) == stable(before)
+    with zipfile.ZipFile(out / "t.zip") as zf:
+        assert sorted(zf.namelist()) == ["a.wav", "b.wav", "c.wav", "d.wav", "manifest.jsonl", "summary.json"]
+
+    # changed text, changed prompt CONTENT (same path), tampered WAV, changed seed: redone
+    tasks[0]["input_text"] = "ALPHA"
+    (tmp_path / "voice.wav").write_bytes(b"prompt v2 (longer)")
+    (out / "c.wav").write_bytes(b"corrupted")
+    f = write_tasks(tmp_path / "t.jsonl", tasks)
+    engine = FakeEngine()
+    third = run(f, out, engine=engine, seed=0)
+    assert sorted(r.text for r in engine.requests) == ["ALPHA", "beta", "gamma"]
+    assert (third.ok, third.resumed) == (3, 1)
+    assert sf.info(out / "c.wav").subtype == "PCM_16"
+
+    engine = FakeEngine()
+    fourth = run(f, out, engine=engine, seed=1)  # the run seed is part of every key
+    assert (fourth.ok, fourth.resumed) == (4, 0)
+
+    engine = FakeEngine(model="fake-v2")
+    assert run(f, out, engine=engine, seed=1).ok == 4  # a different model redoes everything
+
+    engine = FakeEngine(model="fake-v2")
+    assert run(f, out, engine=engine, seed=1, resume=False).ok == 4
+    assert len(engine.requests) == 4
+
+
+def test_resume_tolerates_torn_journal_and_cleans_stale_temp_files(tmp_path: Path) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in ["a", "b", "c"]])
+    out = tmp_path / "out"
+    run(f, out)
+    journal = out / ".glmtts-batch" / "journal.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 3
+    # a run killed mid-append leaves half a line; a killed WAV write leaves a temp file
+    journal.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    (out / f"{TEMP_PREFIX}999-3.wav").write_bytes(b"half a wav")
+    engine = FakeEngine()
+    s = run(f, out, engine=engine)
+    assert [r.text for r in engine.requests] == ["c"]
+    assert (s.ok, s.resumed) == (1, 2)
+    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert journal.read_bytes().count(b"\n") == 3
+    assert all(json.loads(line)["v"] == 1 for line in journal.read_bytes().splitlines())
+    # and the repaired journal resumes everything next time
+    assert run(f, out).resumed == 3
+
+
+def test_iterable_tasks_base_dir_and_engine_ownership(tmp_path: Path) -> None:
+    (tmp_path / "v.wav").write_bytes(b"x")
+    engine = FakeEngine()
+    s = run(iter([{"input_text": "a", "prompt_audio": "v.wav"}, {"input_text": "b", "uttid": "two"}]),
+            tmp_path / "batch", engine=engine, base_dir=tmp_path)
+    assert (s.ok, s.zip) == (2, tmp_path / "batch" / "batch.zip")
+    assert engine.requests[0].prompt_audio == tmp_path / "v.wav"
+    assert not engine.closed  # the caller owns an engine instance
+
+
+def test_engine_by_name_is_loaded_and_closed(tmp_path: Path, monkeypatch) -> None:
+    import glmtts_batch.api as api
+
+    loaded: list[FakeEngine] = []
+
+    def fake_load(name, options, log):
+        log(f"picked {name} with {options.sample_rate}")
+        loaded.append(FakeEngine())
+        return loaded[-1]
+
+    monkeypatch.setattr(api, "_load_engine", fake_load)
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    messages: list[str] = []
+    s = run(f, tmp_path / "out", engine="espeak", log=messages.append)
+    assert s.ok == 1 and loaded[0].closed
+    assert messages[0] == "picked espeak with 24000"
+
+
+def test_default_output_folder_is_outputs_stem_under_cwd(tmp_path: Path, monkeypatch) -> None:
+    f = write_tasks(tmp_path / "jobs.jsonl", [{"input_text": "a"}])
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    s = run_batch(f, engine=FakeEngine(), progress=False, fsync=False)
+    assert s.out_dir == Path("outputs") / "jobs"
+    assert (work / "outputs" / "jobs" / "1.wav").is_file()
+    assert (work / "outputs" / "jobs" / "jobs.zip").is_file()
+
+
+def test_no_zip(tmp_path: Path) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    s = run(f, tmp_path / "out", make_zip=False)
+    assert s.zip is None and not (tmp_path / "out" / "t.zip").exists()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["zip"] is None
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"max_failures": 0}, "max_failures"),
+    ({"seed": -1}, "seed"),
+    ({"seed": "7"}, "seed"),
+    ({"engine": "nope"}, "unknown engine"),
+])
+def test_bad_arguments_raise_run_error(tmp_path: Path, kwargs: dict, words: str) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    kwargs.setdefault("engine", FakeEngine())
+    with pytest.raises(RunError, match=words):
+        run_batch(f, tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_task_file_and_missing_out_dir_are_run_errors(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="cannot read task file"):
+        run(tmp_path / "missing.jsonl", tmp_path / "out")
+    with pytest.raises(RunError, match="is a folder"):
+        run(tmp_path, tmp_path / "out")
+    with pytest.raises(RunError, match="out_dir is required"):
+        run_batch([{"input_text": "a"}], engine=FakeEngine(), progress=False)
+    with pytest.raises(RunError, match="iterable of task mappings"):
+        run_batch({"input_text": "a"}, tmp_path / "out", engine=FakeEngine(), progress=False)
+
+
+def test_progress_log_lines_when_not_a_tty(tmp_path: Path, monkeypatch) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": str(i)} for i in range(250)])
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    run_batch(f, tmp_path / "out", engine=NoOpEngine(), progress=None, fsync=False, make_zip=False,
+              log=lambda m: None)
+    lines = [line for line in err.getvalue().splitlines() if "lines," in line]
+    assert [line.split()[1] for line in lines] == ["100/250", "200/250", "250/250"]
+    assert "ok=250" in lines[-1] and "audio s/s" in lines[-1]
+
+    err.truncate(0)
+    run_batch(f, tmp_path / "out2", engine=NoOpEngine(), progress=False, fsync=False, log=lambda m: None)
+    assert err.getvalue() == ""
