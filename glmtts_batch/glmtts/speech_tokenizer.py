@@ -504,14 +504,15 @@ def random_speech_tokenizer(
         raise ValueError(f"layers_in_file must be in [{config.quantize_position}, {config.encoder_layers}]")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(_config_json(config, name), indent=2) + "\n")
-    (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(_preprocessor_json(config), indent=2) + "\n")
-    specs = _tensor_specs(config, layers_in_file)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config_json(config, name), indent=2) + "\n")
+    (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_json(config), indent=2) + "\n")
+    specs = checkpoint_layout(config, layers_in_file)
     _write_safetensors(out_dir / WEIGHTS_FILE, specs, _RandomTensors(config, seed))
     return out_dir
 
 
-def _tensor_specs(config: SpeechTokenizerConfig, layers_in_file: int) -> list[tuple[str, tuple[int, ...]]]:
+def checkpoint_layout(config: SpeechTokenizerConfig, layers_in_file: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of every float32 tensor in a released-layout `model.safetensors`."""
     d, ffn, p = config.d_model, config.encoder_ffn_dim, CHECKPOINT_PREFIX
     specs = [
         (p + "conv1.weight", (d, config.num_mel_bins, 3)),
@@ -551,7 +552,7 @@ def _tensor_specs(config: SpeechTokenizerConfig, layers_in_file: int) -> list[tu
 
 
 class _RandomTensors:
-    """Draws each tensor of `_tensor_specs` in order from one seeded generator."""
+    """Draws each tensor of `checkpoint_layout` in order from one seeded generator."""
 
     def __init__(self, config: SpeechTokenizerConfig, seed: int) -> None:
         self.config = config
@@ -621,7 +622,7 @@ def _write_safetensors(
     os.replace(tmp, path)
 
 
-def _config_json(config: SpeechTokenizerConfig, name: str) -> dict[str, Any]:
+def config_json(config: SpeechTokenizerConfig, name: str) -> dict[str, Any]:
     """`config.json` with the released file's keys; dims from `config`, the rest as released."""
     return {
         "_name_or_path": f"glmtts-batch-random-whisper-vq-{name}",
@@ -689,7 +690,7 @@ def _config_json(config: SpeechTokenizerConfig, name: str) -> dict[str, Any]:
     }
 
 
-def _preprocessor_json(config: SpeechTokenizerConfig) -> dict[str, Any]:
+def preprocessor_json(config: SpeechTokenizerConfig) -> dict[str, Any]:
     """The released `preprocessor_config.json` (Whisper-large-v3's 128-bin extractor)."""
     return {
         "chunk_length": 30,
