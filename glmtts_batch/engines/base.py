@@ -48,7 +48,9 @@ class SynthesisRequest:
     prompt_audio: Path | None
     prompt_text: str | None
     seed: int
-    phoneme: bool = False  # Chinese G2P mode (GLM-TTS only)
+    # Chinese phoneme (G2P) mode, GLM-TTS only. None: the run's default (on when a
+    # --phoneme-dict is given), so a task can still opt out with `"phoneme": false`.
+    phoneme: bool | None = None
 
 
 @dataclass
