@@ -205,6 +205,8 @@ def test_cfg_batch_of_two_equals_separate_passes(model, golden):
         v_cond = model.estimator(g["x0"], cond, g["est_step1_text"], t.reshape(1), spk)
         v_uncond = model.estimator(g["x0"], torch.zeros_like(cond), g["est_step1_text"], t.reshape(1), torch.zeros_like(spk))
     torch.testing.assert_close(v, 1.7 * v_cond - 0.7 * v_uncond, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.velocity(g["x0"], t, c, cfg_rate=0.0), v_cond, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "block_causal"])

@@ -37,6 +37,7 @@ __all__ = [
     "random_flow_checkpoint",
     "write_flow_config",
     "cosine_t_span",
+    "mel_length",
     "RELEASED_CONFIG_YAML",
 ]
 
@@ -327,20 +328,24 @@ class FlowDecoder(nn.Module):
         return x
 
     def velocity(self, x: Tensor, t: Tensor, c: _Conditioning, cfg_rate: float) -> Tensor:
-        """Guided velocity at (x (B, T, mel), t scalar): conditional and unconditional as one batch of 2B."""
-        both = self.estimator(
-            torch.cat([x, x]),
-            c.cond,
-            c.text,
+        """Guided velocity at (x (B, T, mel), t scalar): conditional and unconditional as one batch of 2B.
+
+        With cfg_rate <= 0 only the conditional half runs (upstream skips the second pass too).
+        """
+        n = 2 * x.shape[0] if cfg_rate > 0 else x.shape[0]
+        out = self.estimator(
+            torch.cat([x, x])[:n],
+            c.cond[:n],
+            c.text[:n],
             t.reshape(1),
-            c.spk,
-            padding_mask=c.padding_mask,
-            text_lengths=c.text_lengths,
+            None if c.spk is None else c.spk[:n],
+            padding_mask=None if c.padding_mask is None else c.padding_mask[:n],
+            text_lengths=c.text_lengths[:n],
             block_mask=c.block_mask,
         )
-        v_cond, v_uncond = both.chunk(2)
         if cfg_rate <= 0:
-            return v_cond
+            return out
+        v_cond, v_uncond = out.chunk(2)
         return (1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond
 
     def solve(
