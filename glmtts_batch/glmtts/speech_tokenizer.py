@@ -19,14 +19,14 @@ Pipeline (behaviour of upstream GLM-TTS `SpeechTokenizer.extract_speech_token`):
 Numerics: everything runs in float32 by default and matches the upstream reference on CPU
 exactly (token ids) and to ~2e-6 (hidden states). The nearest-code decision is a hard
 threshold: the golden vectors' closest token sits 0.028 (L2) from flipping against a
-per-frame norm of ~15, i.e. a relative error of ~2e-3 flips it. TF32 (about 1e-3 relative
-per product) is therefore enough to change some tokens. On CUDA, PyTorch's default runs
+per-frame norm of ~15, i.e. a relative error of ~2e-3 flips it, and TF32 (about 1e-3
+relative per product) can therefore change some tokens. On CUDA, PyTorch's default runs
 cuDNN convolutions in TF32 (`torch.backends.cudnn.allow_tf32 = True`) while matmuls stay
-IEEE fp32; this module does not touch those process-wide flags. Upstream ran on CUDA with
-the same defaults, so there is no single "true" GPU token sequence; for CPU-identical tokens
-set `torch.backends.cudnn.allow_tf32 = False` (and keep matmul TF32 off) before tokenizing.
-Reduced-precision `dtype`s (bf16/fp16) run the encoder in that dtype, but the codebook
-search is always done in float32.
+IEEE fp32; this module does not touch those process-wide flags. Upstream's inference runs
+on CUDA with the same defaults, so there is no single "true" GPU token sequence; for
+CPU-identical tokens set `torch.backends.cudnn.allow_tf32 = False` (and keep matmul TF32
+off) before tokenizing. Reduced-precision `dtype`s (bf16/fp16) run the encoder in that
+dtype, but the codebook search is always done in float32.
 """
 
 from __future__ import annotations
@@ -174,7 +174,10 @@ class WhisperAttention(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         # x: (B, T, D); allowed: (B, 1, T, T) bool, True where query t may attend to key s
         b, t, d = x.shape
-        q, k, v = (proj(x).view(b, t, self.n_heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            proj(x).view(b, t, self.n_heads, -1).transpose(1, 2)  # (B, H, T, D/H)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, T, D/H)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -237,7 +240,8 @@ class WhisperVQEncoder(nn.Module):
         t = x.shape[1]
         if t > cfg.max_source_positions:
             raise ValueError(
-                f"{features.shape[-1]} feature frames exceed the encoder's {cfg.max_source_positions * _CONV_STRIDE} (30 s)"
+                f"{features.shape[-1]} feature frames exceed the encoder's "
+                f"{cfg.max_source_positions * _CONV_STRIDE} (30 s)"
             )
         x = x + self.embed_positions.weight[:t]
         mask = frame_mask[:, ::_CONV_STRIDE].bool()  # (B, T)
@@ -347,7 +351,8 @@ class SpeechTokenizer:
         """
         model_dir = Path(model_dir)
         device = torch.device(device)
-        config = SpeechTokenizerConfig.from_json(_read_json(model_dir / CONFIG_FILE), where=str(model_dir / CONFIG_FILE))
+        config_path = model_dir / CONFIG_FILE
+        config = SpeechTokenizerConfig.from_json(_read_json(config_path), where=str(config_path))
         feature_extractor = _load_feature_extractor(model_dir, config)
         weights_path = model_dir / WEIGHTS_FILE
         state = _read_used_tensors(weights_path, device, lambda key: is_ignored_key(key, config))
