@@ -365,9 +365,10 @@ class FlowDecoder(nn.Module):
         """
         if n_timesteps < 1:
             raise ValueError("n_timesteps must be at least 1")
-        t_span = torch.linspace(0, 1, n_timesteps + 1, device=x.device)
         if self.settings.t_scheduler == "cosine":
-            t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+            t_span = cosine_t_span(n_timesteps, x.device)
+        else:  # upstream falls back to uniform steps for any other scheduler name
+            t_span = torch.linspace(0, 1, n_timesteps + 1, device=x.device)
         t = t_span[0]
         dt = t_span[1] - t_span[0]
         keep_f = None if keep is None or bool(keep.all()) else keep[..., None].to(x.dtype)
