@@ -75,3 +75,43 @@ def test_sentences_end_at_punctuation_after_min_len() -> None:
     text = "短句。" + "这是一个足够长的句子" * 3 + "。后面还有一些话。"
     pieces = split_by_len(text, 30, 60)
     assert pieces == ["短句。" + "这是一个足够长的句子" * 3 + "。", "后面还有一些话。"]
+
+
+# --- the whole text pipeline the engine calls (normalise, split, normalise each piece) ---
+
+
+@pytest.fixture(scope="module")
+def frontend(tmp_path_factory: pytest.TempPathFactory):
+    from glmtts_batch.glmtts.text.frontend import TextFrontend
+    from glmtts_batch.glmtts.text.g2p import PhonemeDict
+    from glmtts_batch.glmtts.text.tokenizer import TextTokenizer, write_test_tokenizer
+
+    path = tmp_path_factory.mktemp("tok")
+    write_test_tokenizer(path)
+    return TextFrontend(
+        TextTokenizer.from_dir(path), phoneme_dict=PhonemeDict.from_mapping({"曾乐": "zeng1 yue4"})
+    )
+
+
+def test_frontend_pieces_match_golden_pipeline(golden_dir: Path, frontend) -> None:
+    for case in _cases(golden_dir):
+        if case["pipeline_split_of_normalized"]["ok"]:
+            expected = [p["value"] for p in case["pipeline_normalized_pieces"]]
+            assert frontend.pieces(case["text"]) == expected, case["id"]
+        else:
+            pieces = frontend.pieces(case["text"])
+            assert len(pieces) >= 2 and all(p.endswith(".") for p in pieces)
+
+
+def test_frontend_prompt_ids_have_trailing_space(frontend) -> None:
+    ids = frontend.prompt_ids("噢，你好！")
+    assert frontend.tokenizer.decode(ids) == "哦，你好。 "
+    assert frontend.ids("你好。") == frontend.tokenizer.encode("你好。")
+
+
+def test_frontend_phoneme_mode(frontend) -> None:
+    pieces = frontend.pieces("我叫曾乐，我去银行取1200元！", phoneme=True)
+    assert pieces == ["我叫<|Z|><|ENG1|><|VE4|>，我去银<|H|><|ANG2|>取一千两百元。"]
+    ids = frontend.ids(pieces[0])
+    assert frontend.tokenizer.encode("<|ANG2|>")[0] in ids
+    assert frontend.pieces("我去银行。") == ["我去银行。"]  # phoneme mode is opt-in

@@ -130,7 +130,7 @@ class PhonemeDict:
                 raise PhonemeDictError(f"{where}: not valid JSON ({exc})") from None
             if isinstance(obj, dict) and set(obj) == {"word", "pinyin"}:
                 word, reading = obj["word"], obj["pinyin"]
-            elif isinstance(obj, dict) and len(obj) == 1:
+            elif isinstance(obj, dict) and len(obj) == 1 and not set(obj) & {"word", "pinyin"}:
                 ((word, reading),) = obj.items()
             else:
                 raise PhonemeDictError(
