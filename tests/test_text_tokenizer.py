@@ -183,3 +183,19 @@ def test_added_token_id_clashing_with_rank_is_error(tok_dir: Path, tmp_path: Pat
 def test_unknown_id_decode_is_value_error(tok: TextTokenizer) -> None:
     with pytest.raises(ValueError, match="unknown token id"):
         tok.decode([10**7])
+
+
+def test_glm4_chat_tokens_fall_back_to_remote_code_ids(tok_dir: Path, tmp_path: Path) -> None:
+    # The GLM-4 remote code gives its chat tokens ids right after the ranks even when
+    # tokenizer_config.json does not list them.
+    _copy(tok_dir, tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    decoder = config["added_tokens_decoder"]
+    n_ranks = len((tok_dir / MODEL_FILE).read_text().splitlines())
+    del decoder[str(n_ranks + GLM4_CHAT_TOKENS.index("<|user|>"))]
+    decoder[str(n_ranks)] = {"content": "<|something_else|>"}  # takes <|endoftext|>'s usual id
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    tok = TextTokenizer.from_dir(tmp_path)
+    assert tok.encode("<|user|>") == [n_ranks + GLM4_CHAT_TOKENS.index("<|user|>")]
+    assert tok.encode("<|something_else|>") == [n_ranks]
+    assert len(tok.encode("<|endoftext|>")) > 1  # no id left for it: ordinary text

@@ -86,7 +86,6 @@ class TextTokenizer:
     """tiktoken BPE with the GLM-4 split pattern and Hugging Face-style added tokens."""
 
     def __init__(self, ranks: dict[bytes, int], added: dict[str, int], *, name: str = "glmtts") -> None:
-        self._ranks = ranks
         self._added = dict(added)
         self._where = name
         # Added tokens are handled here, not by tiktoken (see `encode`).
@@ -103,7 +102,12 @@ class TextTokenizer:
         path = Path(path)
         ranks = _read_ranks(path / MODEL_FILE)
         added = _read_added_tokens(path / CONFIG_FILE)
-        merged = {tok: len(ranks) + i for i, tok in enumerate(GLM4_CHAT_TOKENS)}
+        taken = set(added.values())
+        merged = {
+            tok: len(ranks) + i
+            for i, tok in enumerate(GLM4_CHAT_TOKENS)
+            if tok not in added and len(ranks) + i not in taken
+        }
         merged.update(added)
         clash = sorted(set(merged.values()) & set(ranks.values()))
         if clash:
@@ -147,7 +151,7 @@ class TextTokenizer:
             if shaped:
                 best = shaped.span()
             other = self._others.search(text, pos) if self._others else None
-            if other and (best is None or other.start() < best[0] or (other.start() == best[0] and other.end() > best[1])):
+            if other and (best is None or (other.start(), -other.end()) < (best[0], -best[1])):
                 best = other.span()
             if best is None:
                 break
