@@ -204,6 +204,14 @@ def test_output_length_and_batch_rows_are_independent(tiny_state: dict) -> None:
     assert model.inference(mel[:, :, :1], zero_noise=True).shape == (3, 480)
 
 
+def test_rejects_a_mel_of_the_wrong_shape(tiny_state: dict) -> None:
+    model = HiFT.from_state_dict(tiny_state)
+    with pytest.raises(ValueError, match=r"\(B, 80, T > 0\)"):
+        model.inference(torch.zeros(1, 10, 80))
+    with pytest.raises(ValueError, match=r"got \(1, 80, 0\)"):
+        model.inference(torch.zeros(1, 80, 0))
+
+
 def test_noise_is_determined_by_the_generator(tiny_state: dict) -> None:
     model = HiFT.from_state_dict(tiny_state)
     mel = torch.randn(1, 80, 10, generator=torch.Generator().manual_seed(3)) * 2 - 6
