@@ -34,6 +34,8 @@ two small rules put back:
 
 Known differences that remain (the golden cases all match):
 
+* Scientific notation reads its numbers with a plain Chinese number reader; upstream's own
+  reader garbles some (120000 -> 十万二万), ours says 十二万.
 * 1.0.3's whitelist rewrites a few tokens without digits (`M.V.P` -> `M V P`); wetext
   does not run its grammar on Chinese text without digits, so such text keeps them.
 """
