@@ -305,6 +305,8 @@ def write_test_tokenizer(path: Path, *, n_audio_tokens: int = N_AUDIO_TOKENS, n_
     Layout of ids: 256 single bytes, the learned merges, the GLM-4 chat tokens (the ids the
     remote code gives them), `<|begin_of_audio|>`, `<|end_of_audio|>`, the phoneme tokens
     that `g2p.py` can emit, then `<|audio_0|>` .. `<|audio_{n-1}|>` contiguous.
+    `TextTokenizer.special` needs the full 32768 audio tokens (ate is `<|audio_32767|>`);
+    a smaller `n_audio_tokens` is only for tests of the tokenizer itself.
     """
     from glmtts_batch.glmtts.text.g2p import phoneme_inventory
 
