@@ -196,7 +196,8 @@ def test_loader_refuses_an_untied_config_and_missing_weights(llm_dir, tmp_path):
 def test_model_input_is_prompt_text_text_boa_prompt_speech(lm):
     calls = record_model_inputs(lm)
     prompt_text, text, prompt_speech = [1, 2, 3], [10, 11], [0, 5, 255]
-    tokens, stats = lm.generate(text, prompt_text, prompt_speech, SPECIAL, seed=0, options=GenerationOptions(force_tokens=4))
+    options = GenerationOptions(force_tokens=4)
+    tokens, stats = lm.generate(text, prompt_text, prompt_speech, SPECIAL, seed=0, options=options)
 
     expected = [1, 2, 3, 10, 11, SPECIAL.boa, 100, 105, 355]
     assert build_input_ids(text, prompt_text, prompt_speech, SPECIAL) == expected
@@ -227,7 +228,8 @@ def test_prompt_speech_tokens_and_special_ids_are_checked(lm):
 @pytest.mark.parametrize("method", ["ras", "topk"])
 def test_stop_token_is_masked_until_min_len(lm, method):
     steer_stop_token(lm, +1.0)
-    tokens, stats = lm.generate([10, 11, 12], [1], [7], SPECIAL, seed=0, options=GenerationOptions(sample_method=method))
+    options = GenerationOptions(sample_method=method)
+    tokens, stats = lm.generate([10, 11, 12], [1], [7], SPECIAL, seed=0, options=options)
     assert len(tokens) == 6  # min_len = 2 * 3: eoa is drawn at the first step it is allowed
     assert stats.stop_reason == "eoa"
     assert all(0 <= t < N_AUDIO for t in tokens)
@@ -235,7 +237,8 @@ def test_stop_token_is_masked_until_min_len(lm, method):
 
 def test_min_and_max_ratios_are_options(lm):
     steer_stop_token(lm, +1.0)
-    tokens, _ = lm.generate([10, 11, 12], [1], [7], SPECIAL, seed=0, options=GenerationOptions(min_token_text_ratio=3.5))
+    options = GenerationOptions(min_token_text_ratio=3.5)
+    tokens, _ = lm.generate([10, 11, 12], [1], [7], SPECIAL, seed=0, options=options)
     assert len(tokens) == 10  # int(3 * 3.5)
 
 
@@ -244,7 +247,8 @@ def test_generation_stops_at_max_len(lm):
     tokens, stats = lm.generate([10, 11], [1], [7], SPECIAL, seed=0)
     assert len(tokens) == 40  # max_len = 20 * 2
     assert stats.stop_reason == "max_len"
-    tokens, _ = lm.generate([10, 11], [1], [7], SPECIAL, seed=0, options=GenerationOptions(max_token_text_ratio=7.5))
+    options = GenerationOptions(max_token_text_ratio=7.5)
+    tokens, _ = lm.generate([10, 11], [1], [7], SPECIAL, seed=0, options=options)
     assert len(tokens) == 15
 
 
@@ -271,22 +275,23 @@ def test_same_seed_same_tokens_other_seed_other_tokens(lm):
 
 @pytest.mark.parametrize("method", ["ras", "topk"])
 def test_kv_cache_on_and_off_give_the_same_tokens(lm, method):
-    with_cache = lm.generate([10, 11, 12], [1, 2], [3, 4], SPECIAL, seed=5, options=GenerationOptions(sample_method=method))
-    without = lm.generate(
-        [10, 11, 12], [1, 2], [3, 4], SPECIAL, seed=5, options=GenerationOptions(sample_method=method, kv_cache=False)
-    )
+    cached = GenerationOptions(sample_method=method)
+    uncached = GenerationOptions(sample_method=method, kv_cache=False)
+    with_cache = lm.generate([10, 11, 12], [1, 2], [3, 4], SPECIAL, seed=5, options=cached)
+    without = lm.generate([10, 11, 12], [1, 2], [3, 4], SPECIAL, seed=5, options=uncached)
     assert len(with_cache[0]) >= 6
     assert with_cache[0] == without[0]
 
 
 def test_ras_falls_back_during_generation(lm):
     # 256 near-uniform candidates: a draw repeats one of the last 10 tokens now and then.
-    tokens, stats = lm.generate([10, 11, 12, 13], [1], [7], SPECIAL, seed=2, options=GenerationOptions(force_tokens=120))
+    options = GenerationOptions(force_tokens=120)
+    tokens, stats = lm.generate([10, 11, 12, 13], [1], [7], SPECIAL, seed=2, options=options)
     repeats = sum(1 for i, t in enumerate(tokens) if t in tokens[max(0, i - 10) : i])
     assert stats.ras_fallbacks > 0
     assert repeats <= stats.ras_fallbacks  # a repeat is only ever the fallback draw's doing
-    topk_stats = lm.generate([10], [1], [7], SPECIAL, seed=2, options=GenerationOptions(sample_method="topk", force_tokens=30))[1]
-    assert topk_stats.ras_fallbacks == 0
+    options = GenerationOptions(sample_method="topk", force_tokens=30)
+    assert lm.generate([10], [1], [7], SPECIAL, seed=2, options=options)[1].ras_fallbacks == 0
 
 
 # ---------------------------------------------------------------------------- long text
@@ -338,7 +343,8 @@ def record_generate_calls(lm: SpeechLM, monkeypatch) -> list[dict]:
     original = lm.generate
 
     def spy(text_ids, prompt_text_ids, prompt_speech_tokens, special, **kwargs):
-        calls.append({"text": list(text_ids), "prompt_text": list(prompt_text_ids), "prompt_speech": list(prompt_speech_tokens), **kwargs})
+        prompt = {"prompt_text": list(prompt_text_ids), "prompt_speech": list(prompt_speech_tokens)}
+        calls.append({"text": list(text_ids), **prompt, **kwargs})
         return original(text_ids, prompt_text_ids, prompt_speech_tokens, special, **kwargs)
 
     monkeypatch.setattr(lm, "generate", spy)

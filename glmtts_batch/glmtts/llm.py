@@ -560,7 +560,7 @@ def iter_random_llm_tensors(config: LlmConfig, seed: int) -> Iterator[tuple[str,
         if len(shape) == 1:
             yield name, torch.ones(shape)
         else:
-            yield name, torch.randn(shape, generator=generator) * 0.02
+            yield name, torch.randn(shape, generator=generator).mul_(0.02)
 
 
 def random_llm_state_dict(config: LlmConfig, seed: int) -> dict[str, Tensor]:
