@@ -139,3 +139,46 @@ class WarningEngine(FakeEngine):
         if request.prompt_audio is not None:
             result.warnings.append("prompt audio ignored")
         return result
+
+
+# A tiny driver so subprocess tests (kill, signals, lock, memory) can run a batch with a fake engine:
+#   python tests/fake_engines.py TASKS OUT [--engine fake|slow|noop] [--delay S] [--no-zip] [--fsync] [--rss]
+
+
+def _driver(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import resource
+    import sys
+
+    from glmtts_batch import RunError, run_batch
+
+    p = argparse.ArgumentParser()
+    p.add_argument("tasks")
+    p.add_argument("out")
+    p.add_argument("--engine", choices=["fake", "slow", "noop"], default="fake")
+    p.add_argument("--delay", type=float, default=0.05)
+    p.add_argument("--no-zip", action="store_true")
+    p.add_argument("--fsync", action="store_true")
+    p.add_argument("--rss", action="store_true", help="print peak RSS (KiB) before and after the run")
+    a = p.parse_args(argv)
+
+    engine = {"fake": FakeEngine, "noop": NoOpEngine, "slow": lambda: SlowEngine(a.delay)}[a.engine]()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        s = run_batch(a.tasks, a.out, engine=engine, make_zip=not a.no_zip, fsync=a.fsync, progress=False,
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = {"exit_code": s.exit_code, "ok": s.ok, "skipped": s.skipped, "resumed": s.resumed,
+              "interrupted": s.interrupted}
+    if a.rss:
+        result.update(rss_before_kib=before, rss_after_kib=after)
+    print(json.dumps(result), flush=True)
+    return s.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(_driver())
