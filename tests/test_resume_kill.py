@@ -1,0 +1,107 @@
+"""SIGKILL at random moments, then re-run: the result equals an uninterrupted run.
+
+Each round starts the batch in a subprocess (a slow fake engine, fsync on), kills it
+with SIGKILL after a random delay (before startup finishes, mid-task, mid-manifest,
+mid-zip: wherever it lands), and checks that every WAV under its final name is
+complete. A final run to completion must then give the same WAVs (sha256) and the
+same manifest content as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from fake_engines import FakeEngine
+from glmtts_batch import run_batch
+from glmtts_batch.manifest import RUN_DEPENDENT_KEYS
+from glmtts_batch.outputs import TEMP_PREFIX
+
+TESTS = Path(__file__).resolve().parent
+DRIVER = TESTS / "fake_engines.py"
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+
+
+def task_lines(prompt: Path) -> list[str]:
+    lines = ["# audiobook chapter"]
+    for i in range(40):
+        task: dict = {"input_text": f"sentence {i}", "output_name": f"s{i:02d}"}
+        if i % 5 == 0:
+            task["seed"] = 100 + i
+        if i % 7 == 0:
+            task["prompt_audio"] = prompt.name
+            task["prompt_text"] = "reference words"
+        lines.append(json.dumps(task))
+        if i % 9 == 4:
+            lines.append('{"input_text": ""}')  # invalid lines must come out the same too
+            lines.append("")
+    return lines
+
+
+def wav_hashes(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.wav"))}
+
+
+def stable_manifest(out: Path) -> list[dict]:
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in RUN_DEPENDENT_KEYS} for r in records]
+
+
+def test_sigkill_at_random_points_then_rerun_matches_uninterrupted_run(tmp_path: Path) -> None:
+    prompt = tmp_path / "voice.wav"
+    prompt.write_bytes(b"prompt audio bytes")
+    tasks = tmp_path / "book.jsonl"
+    tasks.write_text("\n".join(task_lines(prompt)) + "\n", encoding="utf-8")
+
+    reference = tmp_path / "reference"
+    ref = run_batch(tasks, reference, engine=FakeEngine(), progress=False, fsync=False)
+    assert ref.exit_code == 1 and ref.ok == 40 and ref.invalid == 4
+    expected_wavs = wav_hashes(reference)
+    assert len(expected_wavs) == 40
+
+    out = tmp_path / "killed"
+    rng = random.Random(20240611)
+    delays = [rng.uniform(0.25, 1.2) for _ in range(6)]
+    progress: list[int] = []  # WAVs journaled after each round
+    for delay in delays:
+        proc = subprocess.Popen(
+            [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "slow", "--delay", "0.05", "--fsync"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+        )
+        time.sleep(delay)
+        proc.kill()
+        proc.communicate(timeout=30)
+        journal = out / ".glmtts-batch" / "journal.jsonl"
+        progress.append(journal.read_bytes().count(b"\n") if journal.exists() else 0)
+        # Whatever moment the kill hit, a WAV under its final name is complete and correct.
+        if out.is_dir():
+            for name, digest in wav_hashes(out).items():
+                assert digest == expected_wavs[name], f"{name} is damaged after a kill at {delay:.2f}s"
+            if (out / "manifest.jsonl").exists():
+                json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])  # never half-written
+
+    assert any(0 < done < 40 for done in progress), f"no kill landed mid-run: {progress}"
+
+    final = subprocess.run(
+        [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "fake", "--fsync"],
+        capture_output=True, text=True, env=ENV, timeout=60,
+    )
+    assert final.returncode == 1, final.stderr  # the invalid lines, as in the reference run
+    assert wav_hashes(out) == expected_wavs
+    assert stable_manifest(out) == stable_manifest(reference)
+    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    with zipfile.ZipFile(out / "book.zip") as zf, zipfile.ZipFile(reference / "book.zip") as zref:
+        assert sorted(zf.namelist()) == sorted(zref.namelist())
+        for name in expected_wavs:
+            assert zf.read(name) == zref.read(name)
+
+    # and one more clean run resumes everything
+    again = run_batch(tasks, out, engine=FakeEngine(), progress=False, fsync=False)
+    assert (again.ok, again.resumed) == (0, 40)

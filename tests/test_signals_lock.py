@@ -1,0 +1,161 @@
+"""SIGINT/SIGTERM handling and the output-folder lock, in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from glmtts_batch.lock import LockedError, OutputLock
+from glmtts_batch.outputs import TEMP_PREFIX
+
+TESTS = Path(__file__).resolve().parent
+DRIVER = TESTS / "fake_engines.py"
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+
+
+def write_tasks(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"input_text": f"task {i}"}) + "\n" for i in range(n)), encoding="utf-8")
+    return path
+
+
+def start(tasks: Path, out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), str(tasks), str(out), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def journal_lines(out: Path) -> int:
+    try:
+        return (out / ".glmtts-batch" / "journal.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_finishes_current_task_writes_manifest_and_exits(tmp_path: Path, sig: int, code: int) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", 40)
+    out = tmp_path / "out"
+    proc = start(tasks, out, "--engine", "slow", "--delay", "0.1")
+    wait_for(lambda: journal_lines(out) >= 2)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == code, stderr
+
+    records = manifest(out)
+    assert [r["line"] for r in records] == list(range(1, 41))  # one record per line, even unrun ones
+    statuses = [r["status"] for r in records]
+    done = statuses.count("ok")
+    assert 2 <= done < 40
+    assert statuses == ["ok"] * done + ["skipped"] * (40 - done)
+    assert all(r["reason"] == "interrupted" and r["wav"] is None for r in records[done:])
+    for r in records[:done]:
+        assert (out / r["wav"]).stat().st_size == 44 + 2 * 1600
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] == signal.Signals(sig).name and summary["exit_code"] == code
+    assert summary["zip"] is None and not (out / "t.zip").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert json.loads(stdout)["interrupted"] == signal.Signals(sig).name
+
+    # the same command again resumes and completes
+    proc = start(tasks, out, "--engine", "fake")
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    result = json.loads(stdout)
+    assert (result["resumed"], result["ok"]) == (done, 40 - done)
+    assert (out / "t.zip").exists()
+
+
+def test_second_signal_abandons_the_current_task(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", 3)
+    out = tmp_path / "out"
+    proc = start(tasks, out, "--engine", "slow", "--delay", "20")
+    wait_for(lambda: (out / ".glmtts-batch" / "lock").exists() and (out / ".glmtts-batch" / "lock").stat().st_size)
+    time.sleep(0.3)  # inside the first engine call
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=15)
+    assert time.monotonic() - t0 < 10  # did not wait for the 20 s task
+    assert proc.returncode == 143, stderr
+    records = manifest(out)
+    assert [(r["status"], r["reason"]) for r in records] == [("skipped", "interrupted")] * 3
+    assert not list(out.glob("*.wav"))
+    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_concurrent_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", 30)
+    out = tmp_path / "out"
+    first = start(tasks, out, "--engine", "slow", "--delay", "0.1")
+    try:
+        wait_for(lambda: journal_lines(out) >= 1)
+        second = start(tasks, out, "--engine", "fake")
+        _, stderr = second.communicate(timeout=30)
+        assert second.returncode == 2
+        assert "in use by another glmtts-batch run" in stderr
+        assert f"pid {first.pid}" in stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 143
+    # the refused run touched nothing: the manifest is the first run's
+    assert len(manifest(out)) == 30
+
+
+def test_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", 30)
+    out = tmp_path / "out"
+    proc = start(tasks, out, "--engine", "slow", "--delay", "0.1")
+    wait_for(lambda: journal_lines(out) >= 1)
+    proc.kill()
+    proc.communicate(timeout=10)
+    lock_file = out / ".glmtts-batch" / "lock"
+    assert json.loads(lock_file.read_text())["pid"] == proc.pid  # the dead holder's record is still there
+
+    again = start(tasks, out, "--engine", "fake")
+    stdout, stderr = again.communicate(timeout=60)
+    assert again.returncode == 0, stderr
+    assert json.loads(stdout)["resumed"] >= 1
+
+
+def test_stale_lock_file_from_a_dead_pid(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / ".glmtts-batch").mkdir(parents=True)
+    (out / ".glmtts-batch" / "lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": "elsewhere",
+                                                             "started": "yesterday"}))
+    lock = OutputLock(out)
+    lock.acquire()
+    try:
+        info = json.loads((out / ".glmtts-batch" / "lock").read_text())
+        assert info["pid"] == os.getpid()
+    finally:
+        lock.release()
+
+
+def test_lock_conflict_in_process_names_the_holder(tmp_path: Path) -> None:
+    with OutputLock(tmp_path):
+        with pytest.raises(LockedError, match=rf"pid {os.getpid()} on .*started"):
+            OutputLock(tmp_path).acquire()
+    with OutputLock(tmp_path):  # released on exit, so it can be taken again
+        pass
