@@ -23,3 +23,11 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"GLM-TTS reference configs not found at {REFERENCE}")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete random-weight GLM-TTS checkpoint in the released layout, tiny shapes."""
+    from glmtts_batch.glmtts.make_checkpoint import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "glmtts-tiny", "tiny", seed=0)
