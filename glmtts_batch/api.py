@@ -12,7 +12,7 @@ from typing import Any
 from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
 from .lock import OutputLock
-from .outputs import clean_stale_temp_files
+from .outputs import clean_stale_temp_files, sha256_file
 from .runner import BatchRunner, RunSettings, Summary
 from .tasks import (
     MAX_SEED,
@@ -114,6 +114,7 @@ def run_batch(
             fsync=fsync,
             total_lines=total,
             task_source=source,
+            key_options=_key_options(options),
         )
         return BatchRunner(engine, items, settings).run()
     finally:
@@ -122,6 +123,17 @@ def run_batch(
         lock.release()
         if task_file is not None:
             task_file.close()
+
+
+def _key_options(options: EngineOptions) -> dict[str, Any]:
+    """Run-wide settings that change the audio without changing the engine's identity."""
+    key: dict[str, Any] = {"dtype": options.dtype}
+    if options.phoneme_dict is not None:
+        try:
+            key["phoneme_dict_sha256"] = sha256_file(Path(options.phoneme_dict))
+        except OSError as e:
+            raise RunError(f"cannot read phoneme dictionary {str(options.phoneme_dict)!r}: {e.strerror or e}") from None
+    return key
 
 
 def _load_engine(name: str, options: EngineOptions, log: Log) -> Engine:

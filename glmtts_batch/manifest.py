@@ -151,8 +151,14 @@ class PromptHasher:
         return digest
 
 
-def resume_key(task: Task, seed: int, info: EngineInfo, prompt_sha256: str | None) -> str:
-    """Everything that determines a task's audio. Equal keys: the old WAV can be reused."""
+def resume_key(
+    task: Task, seed: int, info: EngineInfo, prompt_sha256: str | None, run_options: dict[str, Any] | None = None
+) -> str:
+    """Everything that determines a task's audio. Equal keys: the old WAV can be reused.
+
+    `run_options` holds run-wide settings that change the audio but are not part of
+    the engine's identity (LLM dtype, phoneme dictionary content).
+    """
     material = {
         "v": JOURNAL_VERSION,
         "text": task.text,
@@ -164,6 +170,7 @@ def resume_key(task: Task, seed: int, info: EngineInfo, prompt_sha256: str | Non
         "model": info.model,
         "sample_rate": info.sample_rate,
         "output_name": task.output_name,
+        "run_options": run_options or {},
     }
     blob = json.dumps(material, ensure_ascii=False, sort_keys=True).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()

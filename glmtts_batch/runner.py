@@ -83,6 +83,7 @@ class RunSettings:
     fsync: bool = True
     total_lines: int | None = None
     task_source: str | None = None
+    key_options: dict[str, Any] = field(default_factory=dict)  # run-wide inputs of the resume key
     extra_summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -274,7 +275,7 @@ class BatchRunner:
         seed = record["seed"]
         try:
             prompt_sha = self.hash_prompt(task.prompt_audio) if task.prompt_audio else None
-            key = resume_key(task, seed, self.info, prompt_sha)
+            key = resume_key(task, seed, self.info, prompt_sha, self.s.key_options)
             if self.s.resume:
                 old = self._journal.lookup(task, key)
                 if old is not None:

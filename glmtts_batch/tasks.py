@@ -15,7 +15,7 @@ line. Fields:
     prompt_text                                transcript of the prompt audio
     output_name   (alias uttid)                WAV name without ".wav"; default: line number
     seed                                       int, overrides the run seed
-    phoneme                                    bool, Chinese G2P mode
+    phoneme                                    bool, Chinese G2P mode (absent: run default)
 
 Unknown fields are an error (a typo must not be silently ignored), and so is
 giving both an alias and its canonical name. `output_name` must be a plain,
@@ -59,7 +59,7 @@ class Task:
     prompt_audio: Path | None = None
     prompt_text: str | None = None
     seed: int | None = None  # None: use the run seed
-    phoneme: bool = False
+    phoneme: bool | None = None  # None: the run default (on when a phoneme dict is given)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class TaskValidator:
             prompt_audio=prompt_audio,
             prompt_text=prompt_text,
             seed=seed,
-            phoneme=bool(phoneme),
+            phoneme=phoneme,
         )
 
     def _canonical_fields(self, line: int, obj: Mapping) -> dict[str, Any]:

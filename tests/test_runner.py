@@ -240,6 +240,26 @@ def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None
     assert len(engine.requests) == 4
 
 
+def test_phoneme_flag_reaches_engine_and_phoneme_dict_is_part_of_the_resume_key(tmp_path: Path) -> None:
+    from glmtts_batch.engines.base import EngineOptions
+
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}, {"input_text": "b", "phoneme": False},
+                                           {"input_text": "c", "phoneme": True}])
+    words = tmp_path / "words.jsonl"
+    words.write_text('{"word": "x", "pinyin": "xi1"}\n')
+    out = tmp_path / "out"
+    engine = FakeEngine()
+    run(f, out, engine=engine, options=EngineOptions(phoneme_dict=words))
+    assert [r.phoneme for r in engine.requests] == [None, False, True]  # None: the run default
+    assert [r["phoneme"] for r in manifest(out)] == [None, False, True]
+    assert run(f, out, options=EngineOptions(phoneme_dict=words)).resumed == 3
+    words.write_text('{"word": "x", "pinyin": "xi2"}\n')  # new dictionary content: redo
+    assert run(f, out, options=EngineOptions(phoneme_dict=words)).ok == 3
+    assert run(f, out, options=EngineOptions(phoneme_dict=words, dtype="bf16")).ok == 3
+    with pytest.raises(RunError, match="phoneme dictionary"):
+        run(f, out, options=EngineOptions(phoneme_dict=tmp_path / "missing.jsonl"))
+
+
 def test_resume_tolerates_torn_journal_and_cleans_stale_temp_files(tmp_path: Path) -> None:
     f = write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in ["a", "b", "c"]])
     out = tmp_path / "out"

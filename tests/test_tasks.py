@@ -37,13 +37,14 @@ def test_fields_aliases_defaults_and_relative_paths(tmp_path: Path, prompt: Path
                     "seed": 7, "phoneme": True}),
         json.dumps({"syn_text": "world", "prompt_speech": "prompts/p.wav", "uttid": "b"}),
         json.dumps({"input_text": "no name"}),
-        json.dumps({"input_text": "numeric id", "uttid": 42}),
+        json.dumps({"input_text": "numeric id", "uttid": 42, "phoneme": False}),
     ])
     a, b, c, d = read(f)
     assert a == Task(line=1, text="hello", output_name="a", prompt_audio=prompt, prompt_text="hi", seed=7, phoneme=True)
-    assert (b.text, b.output_name, b.prompt_audio, b.seed, b.phoneme) == ("world", "b", sub / "p.wav", None, False)
+    assert (b.text, b.output_name, b.prompt_audio, b.seed, b.phoneme) == ("world", "b", sub / "p.wav", None, None)
     assert c.output_name == "3"  # default name: the line number
     assert d.output_name == "42"
+    assert d.phoneme is False  # an explicit opt-out, distinct from None (the run default)
 
 
 def test_relative_prompt_resolves_against_task_file_folder_not_cwd(tmp_path: Path, monkeypatch) -> None:
