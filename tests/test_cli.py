@@ -1,0 +1,202 @@
+"""The click CLI: `glmtts-batch run` and `glmtts-batch check` exit codes and output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+import glmtts_batch.api as api
+from fake_engines import FakeEngine, RaisingEngine
+from glmtts_batch.cli import main
+from glmtts_batch.errors import CheckpointError, EngineLoadError
+from glmtts_batch.lock import OutputLock
+
+
+def write_tasks(path: Path, tasks: list[dict | str]) -> Path:
+    lines = [t if isinstance(t, str) else json.dumps(t) for t in tasks]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class FakeLoader:
+    """Stands in for engine loading: hands out queued engines (else a FakeEngine), records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.queue: list[FakeEngine] = []
+
+    def __call__(self, name, options, log):
+        log(f"ENGINE {name}")
+        self.calls.append((name, options))
+        return self.queue.pop(0) if self.queue else FakeEngine()
+
+
+@pytest.fixture
+def loader(monkeypatch) -> FakeLoader:
+    fake = FakeLoader()
+    monkeypatch.setattr(api, "_load_engine", fake)
+    return fake
+
+
+def invoke(args: list[str], **kw):
+    return CliRunner().invoke(main, args, catch_exceptions=False, **kw)
+
+
+def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkeypatch) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}, {"input_text": "b"}])
+    words = tmp_path / "words.jsonl"
+    words.write_text("")
+    camp = tmp_path / "campplus.onnx"
+    camp.write_bytes(b"onnx")
+    monkeypatch.setenv("GLMTTS_MODEL_DIR", str(tmp_path / "from-env"))
+    out = tmp_path / "out"
+    r = invoke(["run", str(f), "--out", str(out), "--engine", "glmtts", "--campplus", str(camp),
+                "--device", "cpu", "--sample-rate", "32000", "--dtype", "bf16", "--no-kv-cache",
+                "--no-prompt-cache", "--phoneme-dict", str(words), "--seed", "9", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    name, options = loader.calls[0]
+    assert name == "glmtts"
+    assert options.model_dir == tmp_path / "from-env"  # GLMTTS_MODEL_DIR is the default of --model-dir
+    assert (options.campplus, options.device, options.sample_rate, options.dtype) == (camp, "cpu", 32000, "bf16")
+    assert (options.kv_cache, options.prompt_cache, options.phoneme_dict) == (False, False, words)
+    assert "ENGINE glmtts" in r.output and "engine: fake" in r.output
+    assert f"manifest: {out / 'manifest.jsonl'}" in r.output and f"zip: {out / 't.zip'}" in r.output
+    assert "2 ok, 0 failed, 0 invalid, 0 skipped" in r.output
+    assert {rec["seed"] for rec in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())} == {9}
+
+    # same seed, dtype and phoneme dictionary: every task resumes
+    r = invoke(["run", str(f), "--out", str(out), "--model-dir", str(tmp_path / "explicit"), "--seed", "9",
+                "--dtype", "bf16", "--phoneme-dict", str(words), "--no-progress"])
+    assert r.exit_code == 0
+    assert loader.calls[1][0] == "auto" and loader.calls[1][1].model_dir == tmp_path / "explicit"
+    assert "0 ok, 0 failed, 0 invalid, 2 skipped (2 resumed)" in r.output
+
+    r = invoke(["run", str(f), "--out", str(out), "--no-resume", "--no-zip", "--no-progress"])
+    assert r.exit_code == 0 and "2 ok" in r.output and "zip:" not in r.output
+
+
+def test_run_failures_exit_1_and_max_failures(tmp_path: Path, loader) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in ["a", "x", "y", "b"]] + ["{bad"])
+    loader.queue.append(RaisingEngine({"x", "y"}))
+    r = invoke(["run", str(f), "--out", str(tmp_path / "o1"), "--no-progress"])
+    assert r.exit_code == 1
+    assert "2 ok, 2 failed, 1 invalid" in r.output
+
+    loader.queue.append(RaisingEngine({"x", "y"}))
+    r = invoke(["run", str(f), "--out", str(tmp_path / "o2"), "--max-failures", "1", "--no-progress"])
+    assert r.exit_code == 1
+    assert "1 ok, 1 failed, 1 invalid, 2 skipped (0 resumed)" in r.output
+    assert "--max-failures" in r.output
+
+
+def test_run_that_cannot_start_exits_2(tmp_path: Path, loader, monkeypatch) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    r = invoke(["run", str(tmp_path / "nope.jsonl"), "--no-progress"])
+    assert r.exit_code == 2 and "cannot read task file" in r.output
+
+    r = invoke(["run", str(f), "--sample-rate", "16000"])
+    assert r.exit_code == 2 and "16000" in r.output
+    r = invoke(["run", str(f), "--max-failures", "0"])
+    assert r.exit_code == 2
+
+    def broken(name, options, log):
+        raise EngineLoadError("the glmtts engine needs a GLM-TTS checkpoint and none is configured")
+
+    monkeypatch.setattr(api, "_load_engine", broken)
+    r = invoke(["run", str(f), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 2
+    assert "error: the glmtts engine needs a GLM-TTS checkpoint" in r.output
+    assert not (tmp_path / "o" / "manifest.jsonl").exists()
+
+
+def test_run_on_a_locked_folder_exits_2(tmp_path: Path, loader) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    out = tmp_path / "out"
+    with OutputLock(out):
+        r = invoke(["run", str(f), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 2
+    assert "in use by another glmtts-batch run" in r.output and "pid" in r.output
+    assert loader.calls == []  # refused before loading a model
+
+
+def test_check_reports_every_line_and_exit_codes(tmp_path: Path) -> None:
+    good = write_tasks(tmp_path / "good.jsonl", ["# c", {"input_text": "a", "output_name": "intro"}, {"input_text": "b"}])
+    r = invoke(["check", str(good)])
+    assert r.exit_code == 0
+    assert "line 2: ok -> intro.wav" in r.output and "line 3: ok -> 3.wav" in r.output
+    assert "2 valid, 0 invalid" in r.output
+
+    bad = write_tasks(tmp_path / "bad.jsonl", [
+        {"input_text": "a"}, {"input_text": "b", "spekaer": "x"}, {"input_text": "c", "output_name": "/etc/x"},
+        {"input_text": "d", "prompt_audio": "missing.wav"},
+    ])
+    r = invoke(["check", str(bad)])
+    assert r.exit_code == 1
+    assert "line 1: ok -> 1.wav" in r.output
+    assert "line 2: invalid [spekaer] InvalidTaskError: line 2: unknown field 'spekaer'" in r.output
+    assert "line 3: invalid [output_name] InvalidTaskError" in r.output
+    assert "line 4: invalid [prompt_audio] PromptAudioError" in r.output
+    assert "1 valid, 3 invalid" in r.output
+
+    r = invoke(["check", str(bad), "--errors-only"])
+    assert r.exit_code == 1 and "line 1:" not in r.output and "line 2: invalid" in r.output
+
+    r = invoke(["check", str(tmp_path / "missing.jsonl")])
+    assert r.exit_code == 2 and "cannot read task file" in r.output
+
+
+def test_check_validates_a_checkpoint_folder(tmp_path: Path, monkeypatch) -> None:
+    good = write_tasks(tmp_path / "good.jsonl", [{"input_text": "a"}])
+    seen: list = []
+
+    def validate(model_dir, *, campplus=None):
+        seen.append((model_dir, campplus))
+        if model_dir.name == "broken":
+            raise CheckpointError("checkpoint is incomplete:\n- llm/model.safetensors missing\n- hift missing")
+
+    fake = types.ModuleType("glmtts_batch.glmtts.checkpoint")
+    fake.validate_checkpoint_dir = validate
+    monkeypatch.setitem(sys.modules, "glmtts_batch.glmtts.checkpoint", fake)
+
+    r = invoke(["check", str(good), "--model-dir", str(tmp_path / "broken"), "--campplus", str(tmp_path / "c.onnx")])
+    assert r.exit_code == 1
+    assert "llm/model.safetensors missing" in r.output and "hift missing" in r.output
+    assert seen[-1] == (tmp_path / "broken", tmp_path / "c.onnx")
+
+    r = invoke(["check", str(good), "--model-dir", str(tmp_path / "fine")])
+    assert r.exit_code == 0 and "checkpoint" in r.output and ": ok" in r.output
+    assert seen[-1] == (tmp_path / "fine", None)
+
+
+def test_check_loads_no_engine(tmp_path: Path, monkeypatch) -> None:
+    def forbidden(*a, **k):
+        raise AssertionError("check must not load an engine")
+
+    monkeypatch.setattr(api, "_load_engine", forbidden)
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    assert invoke(["check", str(f)]).exit_code == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("glmtts_batch.engines.select") is None,
+                    reason="glmtts_batch.engines.select not available yet")
+def test_espeak_engine_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("GLMTTS_MODEL_DIR", raising=False)
+    (tmp_path / "voice.wav").write_bytes(b"not used by espeak")
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "Hello world.", "output_name": "hello"},
+                                           {"input_text": "Second line.", "prompt_audio": "voice.wav"}])
+    out = tmp_path / "out"
+    r = invoke(["run", str(f), "--out", str(out), "--engine", "espeak", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    info = sf.info(out / "hello.wav")
+    assert (info.subtype, info.channels, info.samplerate) == ("PCM_16", 1, 24000)
+    assert info.frames > 2400
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert records[0]["engine"] == "espeak"
+    assert any("prompt" in w.lower() for w in records[1]["warnings"])
