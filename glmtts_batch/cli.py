@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from . import __version__
 from .api import check_tasks, run_batch
 from .engines.base import EngineOptions
 from .errors import RunError
-from .runner import EXIT_RUN_ERROR
+from .runner import EXIT_RUN_ERROR, EXIT_SIGNAL
 from .tasks import InvalidLine, Task, TaskOrInvalid
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -88,6 +89,9 @@ def run(
     except RunError as e:
         click.echo(f"glmtts-batch: error: {e}", err=True)
         sys.exit(EXIT_RUN_ERROR)
+    except KeyboardInterrupt:  # before the batch loop took over the signal (e.g. while loading)
+        click.echo("glmtts-batch: interrupted before the run started", err=True)
+        sys.exit(EXIT_SIGNAL[signal.SIGINT])
 
     parts = [f"{summary.ok} ok", f"{summary.failed} failed", f"{summary.invalid} invalid",
              f"{summary.skipped} skipped ({summary.resumed} resumed)"]

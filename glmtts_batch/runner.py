@@ -70,6 +70,10 @@ class Summary:
     def total(self) -> int:
         return self.ok + self.failed + self.invalid + self.skipped
 
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"ok": self.ok, "failed": self.failed, "invalid": self.invalid, "skipped": self.skipped}
+
 
 @dataclass
 class RunSettings:
@@ -154,8 +158,12 @@ class BatchRunner:
         start = time.monotonic()
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         progress = Progress(s.total_lines, enabled=s.progress)
-        manifest = ManifestWriter(s.out_dir, fsync=s.fsync)
         journal = self._journal = Journal(s.out_dir, fsync=s.fsync)
+        try:
+            manifest = ManifestWriter(s.out_dir, fsync=s.fsync)
+        except BaseException:
+            journal.close()
+            raise
         guard = SignalGuard()
         try:
             with guard:

@@ -177,6 +177,7 @@ def test_max_failures_stops_and_records_the_rest(tmp_path: Path) -> None:
     assert all(r["wav"] is None for r in records[4:])
     assert [r.text for r in engine.requests] == ["a", "f1", "b", "f2"]  # nothing ran after the stop
     assert (s.failed, s.skipped, s.resumed, s.stopped_early, s.exit_code) == (2, 3, 0, True, 1)
+    assert s.counts == {"ok": 2, "failed": 2, "invalid": 1, "skipped": 3} and s.total == 8
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_early"] is True and summary["not_run"] == 3
 
@@ -365,3 +366,21 @@ def test_progress_log_lines_when_not_a_tty(tmp_path: Path, monkeypatch) -> None:
     err.truncate(0)
     run_batch(f, tmp_path / "out2", engine=NoOpEngine(), progress=False, fsync=False, log=lambda m: None)
     assert err.getvalue() == ""
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    from glmtts_batch.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    p = Progress(10, enabled=None, stream=term)
+    p.update("ok", 2.0, line=2)
+    p.update("failed", line=5)
+    p.close()
+    shown = term.getvalue()
+    assert "5/10" in shown and "ok=1 failed=1" in shown and "audio s/s" in shown
+    assert "lines," not in shown  # the bar, not the log-line style
+    assert (p.counts["ok"], p.counts["failed"], p.audio_s) == (1, 1, 2.0)
