@@ -88,7 +88,6 @@ class RunSettings:
     total_lines: int | None = None
     task_source: str | None = None
     key_options: dict[str, Any] = field(default_factory=dict)  # run-wide inputs of the resume key
-    extra_summary: dict[str, Any] = field(default_factory=dict)
 
 
 class _Abandon(BaseException):
@@ -151,9 +150,14 @@ class BatchRunner:
         self.resumed = 0
         self.audio_seconds = 0.0
         self.stop_reason: str | None = None
-        self.free_memory_errors = 0
 
     def run(self) -> Summary:
+        # Signals stay handled until the zip is written: a SIGTERM while finishing up
+        # must not leave temp files (the run is complete by then, so it just finishes).
+        with SignalGuard() as guard:
+            return self._run(guard)
+
+    def _run(self, guard: "SignalGuard") -> Summary:
         s = self.s
         start = time.monotonic()
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -164,29 +168,28 @@ class BatchRunner:
         except BaseException:
             journal.close()
             raise
-        guard = SignalGuard()
         try:
-            with guard:
-                for item in self.items:
-                    record = self._process(item, guard)
-                    manifest.write(record)
-                    self.counts[record["status"]] += 1
-                    audio = record["duration_s"] or 0.0
-                    self.audio_seconds += audio
-                    progress.update(record["status"], audio if record["status"] == "ok" else 0.0, line=record["line"])
-                    if guard.signum is not None and self.stop_reason is None:
-                        self.stop_reason = "interrupted"
-                progress.close()
-                manifest_path = manifest.commit()
+            for item in self.items:
+                record = self._process(item, guard)
+                manifest.write(record)
+                self.counts[record["status"]] += 1
+                audio = record["duration_s"] or 0.0
+                self.audio_seconds += audio
+                progress.update(record["status"], audio if record["status"] == "ok" else 0.0, line=record["line"])
+                if guard.signum is not None and self.stop_reason is None:
+                    self.stop_reason = "interrupted"
+            progress.close()
+            manifest_path = manifest.commit()
         except BaseException:
             manifest.abort()
             raise
         finally:
             journal.close()
 
-        interrupted = signal.Signals(guard.signum).name if guard.signum is not None else None
-        if guard.signum is not None:
-            exit_code = EXIT_SIGNAL.get(guard.signum, 128 + guard.signum)
+        signum = guard.signum  # a signal after this point lets the finished run complete
+        interrupted = signal.Signals(signum).name if signum is not None else None
+        if signum is not None:
+            exit_code = EXIT_SIGNAL.get(signum, 128 + signum)
         elif self.counts["failed"] or self.counts["invalid"]:
             exit_code = EXIT_TASKS_FAILED
         else:
@@ -215,7 +218,6 @@ class BatchRunner:
             "started_at": started_at,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "exit_code": exit_code,
-            **s.extra_summary,
         }
         summary_path = write_summary(s.out_dir, summary_doc, fsync=s.fsync)
         stale_zip = s.out_dir / s.zip_name
