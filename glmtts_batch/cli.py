@@ -141,5 +141,21 @@ def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors
     sys.exit(report.exit_code)
 
 
+@main.command("make-checkpoint")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--preset", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,
+              help="tiny: runs a task in about a second on CPU; full: the released checkpoint's shapes.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
+    """Write a random-weight GLM-TTS checkpoint in the real folder layout (tests, benchmarks)."""
+    from .glmtts.make_checkpoint import build_random_checkpoint
+
+    def log(message: str) -> None:
+        click.echo(f"glmtts-batch: {message}", err=True)
+
+    path = build_random_checkpoint(out_dir, preset, seed=seed, log=log)
+    click.echo(str(path))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
