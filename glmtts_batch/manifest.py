@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .engines.base import EngineInfo
-from .outputs import TEMP_PREFIX, fsync_dir, sha256_file, temp_path
+from .outputs import fsync_dir, sha256_file, temp_path, write_bytes_atomic
 from .tasks import Task, name_key
 
 STATE_DIR = ".glmtts-batch"
@@ -257,8 +257,6 @@ def _parse_entry(raw: bytes) -> dict[str, Any] | None:
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any], *, fsync: bool = True) -> Path:
-    from .outputs import write_bytes_atomic
-
     path = out_dir / SUMMARY_NAME
     text = json.dumps(summary, ensure_ascii=False, indent=2, default=_json_default) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
@@ -268,13 +266,3 @@ def write_summary(out_dir: Path, summary: dict[str, Any], *, fsync: bool = True)
 def engine_info_dict(info: EngineInfo) -> dict[str, Any]:
     return asdict(info)
 
-
-__all__ = [
-    "TEMP_PREFIX",
-    "Journal",
-    "ManifestWriter",
-    "PromptHasher",
-    "new_record",
-    "resume_key",
-    "write_summary",
-]
