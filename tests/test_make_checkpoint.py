@@ -1,0 +1,126 @@
+"""Random-weight checkpoints: the released folder layout and key names, one consistent
+vocabulary across the parts, and determinism for a seed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from glmtts_batch.cli import main
+from glmtts_batch.glmtts.checkpoint import validate_checkpoint_dir
+from glmtts_batch.glmtts.make_checkpoint import build_random_checkpoint
+from glmtts_batch.glmtts.text.tokenizer import N_AUDIO_TOKENS, TextTokenizer
+from glmtts_batch.glmtts.vocos import Vocos2D
+
+LLM_SHARDS = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
+
+
+def files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("sample_rate", [24000, 32000])
+def test_tiny_checkpoint_passes_folder_validation(tiny_checkpoint, sample_rate):
+    layout = validate_checkpoint_dir(tiny_checkpoint, sample_rate=sample_rate)
+    assert layout.root == tiny_checkpoint
+    assert json.loads((tiny_checkpoint / "RANDOM_WEIGHTS.json").read_text())["preset"] == "tiny"
+
+
+def test_llm_is_an_index_and_two_shards_with_tied_embeddings(tiny_checkpoint):
+    llm = tiny_checkpoint / "llm"
+    index = json.loads((llm / "model.safetensors.index.json").read_text())
+    weight_map: dict[str, str] = index["weight_map"]
+    assert set(weight_map.values()) == LLM_SHARDS
+    stored = {shard: set(safetensors_keys(llm / shard)) for shard in LLM_SHARDS}
+    assert set().union(*stored.values()) == set(weight_map)
+    assert all(key in stored[shard] for key, shard in weight_map.items())
+    assert all(key.startswith("model.") for key in weight_map)
+    assert not any("lm_head" in key for key in weight_map)
+    assert json.loads((llm / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_flow_keys_are_prefixed_estimator(tiny_checkpoint):
+    state = torch.load(tiny_checkpoint / "flow" / "flow.pt", map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    assert state and all(key.startswith("estimator.") for key in state)
+
+
+def test_speech_tokenizer_keys_are_model_encoder(tiny_checkpoint):
+    keys = safetensors_keys(tiny_checkpoint / "speech_tokenizer" / "model.safetensors")
+    assert keys and all(key.startswith("model.encoder.") for key in keys)
+
+
+def test_hift_uses_parametrization_weight_norm_names(tiny_checkpoint):
+    state = torch.load(tiny_checkpoint / "hift" / "hift.pt", map_location="cpu", weights_only=True)
+    original0 = {k.removesuffix(".original0") for k in state if k.endswith(".parametrizations.weight.original0")}
+    original1 = {k.removesuffix(".original1") for k in state if k.endswith(".parametrizations.weight.original1")}
+    assert original0 and original0 == original1  # every weight-normed layer has both halves
+    assert "conv_pre.parametrizations.weight" in original0
+    assert not any(k.endswith(("weight_g", "weight_v")) for k in state)  # the old weight_norm names
+
+
+def test_one_vocabulary_across_tokenizer_llm_and_flow(tiny_checkpoint):
+    tokenizer = TextTokenizer.from_dir(tiny_checkpoint / "vq32k-phoneme-tokenizer")
+    llm = tiny_checkpoint / "llm"
+    config = json.loads((llm / "config.json").read_text())
+    assert config["vocab_size"] >= tokenizer.vocab_size
+    index = json.loads((llm / "model.safetensors.index.json").read_text())
+    shard = llm / index["weight_map"]["model.embed_tokens.weight"]
+    with safe_open(str(shard), "pt") as f:
+        rows = f.get_slice("model.embed_tokens.weight").get_shape()[0]
+    assert rows == config["vocab_size"]
+    special = tokenizer.special
+    assert special.ate - special.ats + 1 == N_AUDIO_TOKENS
+    assert max(special.ate, special.boa, special.eoa) < rows
+
+    flow = torch.load(tiny_checkpoint / "flow" / "flow.pt", map_location="cpu", weights_only=True)
+    # Generated tokens span the whole codebook: ids 0..32767 must all have a row.
+    assert flow["estimator.text_emb_layer.text_embed.weight"].shape[0] >= N_AUDIO_TOKENS
+
+
+def test_unknown_preset_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        build_random_checkpoint(tmp_path / "x", "medium")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_make_checkpoint_is_deterministic_for_a_seed(tiny_checkpoint, tmp_path):
+    out = tmp_path / "again"
+    result = CliRunner().invoke(main, ["make-checkpoint", str(out), "--preset", "tiny", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output
+    validate_checkpoint_dir(out)
+
+    same, original = files(out), files(tiny_checkpoint)  # the session checkpoint: seed 0 too
+    assert same.keys() == original.keys()
+    assert sha256(same["flow/flow.pt"]) == sha256(original["flow/flow.pt"])
+    # TorchScript archives carry a random serialization id, so only the scripted vocoder's
+    # weights are compared; every other file is byte-identical.
+    differing = {name for name in same if sha256(same[name]) != sha256(original[name])}
+    assert differing <= {"vocos2d/generator_jit.ckpt"}
+    a = Vocos2D.load(same["vocos2d/generator_jit.ckpt"]).module.state_dict()
+    b = Vocos2D.load(original["vocos2d/generator_jit.ckpt"]).module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_another_seed_gives_other_weights(tiny_checkpoint, tmp_path):
+    other = build_random_checkpoint(tmp_path / "seed1", "tiny", seed=1)
+    assert sha256(other / "flow" / "flow.pt") != sha256(tiny_checkpoint / "flow" / "flow.pt")
+    assert sha256(other / "hift" / "hift.pt") != sha256(tiny_checkpoint / "hift" / "hift.pt")
+    # Configs and the text tokenizer do not depend on the seed.
+    assert sha256(other / "llm" / "config.json") == sha256(tiny_checkpoint / "llm" / "config.json")
