@@ -89,7 +89,8 @@ def test_second_signal_abandons_the_current_task(tmp_path: Path) -> None:
     tasks = write_tasks(tmp_path / "t.jsonl", 3)
     out = tmp_path / "out"
     proc = start(tasks, out, "--engine", "slow", "--delay", "20")
-    wait_for(lambda: (out / ".glmtts-batch" / "lock").exists() and (out / ".glmtts-batch" / "lock").stat().st_size)
+    # The manifest's temp file appears once the loop (and its signal handling) is running.
+    wait_for(lambda: out.is_dir() and any(p.name.endswith("manifest.jsonl") for p in out.iterdir()))
     time.sleep(0.3)  # inside the first engine call
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
