@@ -108,7 +108,7 @@ def test_second_signal_abandons_the_current_task(tmp_path: Path) -> None:
 def test_concurrent_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     tasks = write_tasks(tmp_path / "t.jsonl", 30)
     out = tmp_path / "out"
-    first = start(tasks, out, "--engine", "slow", "--delay", "0.1")
+    first = start(tasks, out, "--engine", "slow", "--delay", "0.3")  # still running when the second starts
     try:
         wait_for(lambda: journal_lines(out) >= 1)
         second = start(tasks, out, "--engine", "fake")
