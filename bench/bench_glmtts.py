@@ -106,9 +106,23 @@ def run(args: argparse.Namespace) -> dict:
             "tokens": sum(out.details["speech_tokens"]),
         }
 
-    one(0)  # warm-up: first-call kernels and the prompt cache's first (miss) entry
-    single = summarise([one(1)], args.sample_rate)
-    job = summarise([one(100 + i) for i in range(args.tasks)], args.sample_rate)
+    def phase(seeds: range) -> dict:
+        if engine.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        summary = summarise([one(seed) for seed in seeds], args.sample_rate)
+        # ru_maxrss never decreases: this is the process peak up to the end of this phase.
+        summary["peak_host_rss_gib"] = round(peak_rss_gib(), 3)
+        summary["peak_gpu_gib"] = (
+            round(torch.cuda.max_memory_allocated() / 2**30, 3) if engine.device.type == "cuda" else None
+        )
+        return summary
+
+    # Warm-up: first-call kernels and the prompt cache's first (miss) entry. With --warmup 0
+    # the single task pays for both, prompt features (speech tokenizer, CAM++) included.
+    for i in range(args.warmup):
+        one(i)
+    single = phase(range(1, 2))
+    job = phase(range(100, 100 + args.tasks))
     result = {
         "preset": args.preset,
         "device": str(engine.device),
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> dict:
         "dtype_llm": args.dtype,
         "sample_rate": args.sample_rate,
         "forced_tokens_per_task": args.tokens,
+        "warmup_tasks": args.warmup,
         "kv_cache": not args.no_kv_cache,
         "load_s": round(load_s, 2),
         "peak_host_rss_gib_after_load": round(rss_after_load, 3),
@@ -139,10 +154,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--sample-rate", type=int, default=24000, choices=(24000, 32000))
     parser.add_argument("--tokens", type=int, default=250, help="speech tokens generated per task (25 per second)")
-    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--tasks", type=int, default=32, help="tasks in the job (one shared prompt)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed tasks before the single task")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-kv-cache", action="store_true")
     parser.add_argument("--out", default=str(REPO / "bench" / "out"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
