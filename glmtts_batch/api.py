@@ -137,12 +137,8 @@ def _key_options(options: EngineOptions) -> dict[str, Any]:
 
 
 def _load_engine(name: str, options: EngineOptions, log: Log) -> Engine:
-    try:
-        from .engines.select import load_engine
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.engines.select":
-            raise
-        raise RunError("engine selection (glmtts_batch.engines.select) is not available in this build") from None
+    from .engines.select import load_engine  # imported late: it pulls in the engines
+
     return load_engine(name, options, log=log)
 
 
@@ -173,7 +169,6 @@ class CheckReport:
     valid: int
     problems: tuple[LineProblem, ...]
     checkpoint_error: str | None = None
-    checkpoint_note: str | None = None  # e.g. checkpoint validation unavailable
 
     @property
     def invalid(self) -> int:
@@ -206,10 +201,8 @@ def check_tasks(
             valid += 1
         else:
             problems.append(_problem(item))
-    checkpoint_error = checkpoint_note = None
-    if model_dir is not None:
-        checkpoint_error, checkpoint_note = _check_checkpoint(Path(model_dir), campplus)
-    return CheckReport(path, valid, tuple(problems), checkpoint_error, checkpoint_note)
+    checkpoint_error = _check_checkpoint(Path(model_dir), campplus) if model_dir is not None else None
+    return CheckReport(path, valid, tuple(problems), checkpoint_error)
 
 
 def _problem(item: InvalidLine) -> LineProblem:
@@ -217,15 +210,11 @@ def _problem(item: InvalidLine) -> LineProblem:
     return LineProblem(item.line, item.output_name, err.field, type(err).__name__, str(err))
 
 
-def _check_checkpoint(model_dir: Path, campplus: str | os.PathLike[str] | None) -> tuple[str | None, str | None]:
-    try:
-        from .glmtts.checkpoint import validate_checkpoint_dir
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.glmtts.checkpoint":
-            raise
-        return None, "checkpoint validation is not available in this build; --model-dir was not checked"
+def _check_checkpoint(model_dir: Path, campplus: str | os.PathLike[str] | None) -> str | None:
+    from .glmtts.checkpoint import validate_checkpoint_dir
+
     try:
         validate_checkpoint_dir(model_dir, campplus=Path(campplus) if campplus is not None else None)
     except CheckpointError as e:
-        return str(e), None
-    return None, None
+        return str(e)
+    return None

@@ -133,8 +133,6 @@ def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors
         sys.exit(EXIT_RUN_ERROR)
     if report.checkpoint_error:
         click.echo(f"checkpoint {model_dir}: {report.checkpoint_error}")
-    elif model_dir is not None and report.checkpoint_note:
-        click.echo(f"checkpoint {model_dir}: {report.checkpoint_note}", err=True)
     elif model_dir is not None:
         click.echo(f"checkpoint {model_dir}: ok")
     click.echo(f"{task_file}: {report.valid} valid, {report.invalid} invalid")

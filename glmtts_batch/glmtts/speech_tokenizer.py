@@ -22,10 +22,10 @@ threshold: the golden vectors' closest token sits 0.028 (L2) from flipping again
 per-frame norm of ~15, i.e. a relative error of ~2e-3 flips it, and TF32 (about 1e-3
 relative per product) can therefore change some tokens. On CUDA, PyTorch's default runs
 cuDNN convolutions in TF32 (`torch.backends.cudnn.allow_tf32 = True`) while matmuls stay
-IEEE fp32; this module does not touch those process-wide flags. Upstream's inference runs
-on CUDA with the same defaults, so there is no single "true" GPU token sequence; for
-CPU-identical tokens set `torch.backends.cudnn.allow_tf32 = False` (and keep matmul TF32
-off) before tokenizing. Reduced-precision `dtype`s (bf16/fp16) run the encoder in that
+IEEE fp32. `encode` therefore runs with cuDNN TF32 switched off for its own duration (a
+scoped `torch.backends.cudnn.flags`, not a process-wide change): the two convolutions are a
+negligible cost, and float32 tokens stay as close to the CPU reference as float32 allows.
+(Upstream runs them in TF32, so its GPU tokens may differ in near-tie frames.) Reduced-precision `dtype`s (bf16/fp16) run the encoder in that
 dtype, but the codebook search is always done in float32.
 """
 
@@ -385,7 +385,11 @@ class SpeechTokenizer:
     @torch.inference_mode()
     def encode(self, features: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-quantisation hidden states (B, N, D) and the token validity mask (B, N)."""
-        return self.encoder(features.to(self.device, self.dtype), frame_mask.to(self.device))
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(
+            enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+        ):
+            return self.encoder(features.to(self.device, self.dtype), frame_mask.to(self.device))
 
     @torch.inference_mode()
     def quantize(self, hidden: torch.Tensor) -> torch.Tensor:
