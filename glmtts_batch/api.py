@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .digests import sha256_file
 from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
 from .lock import OutputLock
-from .outputs import clean_stale_temp_files, sha256_file
+from .outputs import clean_stale_temp_files
 from .runner import BatchRunner, RunSettings, Summary
 from .tasks import (
     MAX_SEED,

@@ -39,13 +39,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .digests import sha256_file
 from .engines.base import EngineInfo
-from .outputs import fsync_dir, sha256_file, temp_path, write_bytes_atomic
+from .outputs import fsync_dir, temp_path, write_bytes_atomic
 from .tasks import Task, name_key
 
 STATE_DIR = ".glmtts-batch"
@@ -128,27 +128,6 @@ class ManifestWriter:
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
-
-
-class PromptHasher:
-    """Content hash of prompt audio, cached by (path, size, mtime) so a shared prompt is read once."""
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self._cache: OrderedDict[tuple[str, int, int], str] = OrderedDict()
-        self._max = max_entries
-
-    def __call__(self, path: Path) -> str:
-        st = os.stat(path)
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        digest = self._cache.get(key)
-        if digest is None:
-            digest = sha256_file(path)
-            self._cache[key] = digest
-            if len(self._cache) > self._max:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return digest
 
 
 def resume_key(

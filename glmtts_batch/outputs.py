@@ -9,16 +9,18 @@ under a final name. Temporary files left by a killed run are removed by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
-import struct
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from .errors import TaskError
 
@@ -33,8 +35,8 @@ class WavInfo:
     sample_rate: int
 
 
-def pcm16_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    """Mono float samples to a complete 16-bit PCM WAV file image."""
+def pcm16_wav_bytes(audio: np.ndarray, sample_rate: int) -> tuple[bytes, int]:
+    """Mono float samples in [-1, 1] to a complete 16-bit PCM WAV image and its sample count."""
     samples = np.asarray(audio)
     if samples.ndim == 2 and 1 in samples.shape:
         samples = samples.reshape(-1)
@@ -45,22 +47,17 @@ def pcm16_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     samples = samples.astype(np.float32, copy=False)
     if not np.isfinite(samples).all():
         raise TaskError("engine returned non-finite audio samples (NaN or inf)")
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    data = pcm.tobytes()
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", 36 + len(data), b"WAVE",
-        b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16,
-        b"data", len(data),
-    )
-    return header + data
+    # Quantise here rather than in libsndfile so clipping and rounding are ours and exact.
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, sample_rate, subtype="PCM_16", format="WAV")
+    return buffer.getvalue(), pcm.size
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int, *, fsync: bool = True) -> WavInfo:
     """Atomically write `audio` as 16-bit PCM mono WAV at `path`; return its hash and length."""
-    image = pcm16_wav_bytes(audio, sample_rate)
+    image, samples = pcm16_wav_bytes(audio, sample_rate)
     write_bytes_atomic(path, image, fsync=fsync)
-    samples = (len(image) - 44) // 2
     return WavInfo(
         sha256=hashlib.sha256(image).hexdigest(),
         duration_s=round(samples / sample_rate, 6),
@@ -73,13 +70,18 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f"{TEMP_PREFIX}{os.getpid()}-{final.name}")
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
+@contextlib.contextmanager
+def atomic_target(path: Path, *, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; once the block succeeds, rename it over `path`.
+
+    With `fsync`, the file's data and then the rename are made durable. If the block
+    fails, the temporary file is removed and the final name is untouched.
+    """
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -87,6 +89,11 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         raise
     if fsync:
         fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    with atomic_target(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -101,14 +108,6 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def clean_stale_temp_files(out_dir: Path) -> list[Path]:
@@ -143,22 +142,12 @@ def write_zip(zip_path: Path, out_dir: Path, manifest: Path, summary: Path, *, f
     Streams the manifest, so memory stays flat apart from zipfile's central
     directory. Returns the number of WAVs packed.
     """
-    tmp = temp_path(zip_path)
     count = 0
-    try:
+    with atomic_target(zip_path, fsync=fsync) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for rel in wav_names_from_manifest(manifest):
                 zf.write(out_dir / rel, arcname=rel, compress_type=zipfile.ZIP_STORED)
                 count += 1
             zf.write(manifest, arcname=manifest.name, compress_type=zipfile.ZIP_DEFLATED)
             zf.write(summary, arcname=summary.name, compress_type=zipfile.ZIP_DEFLATED)
-        if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, zip_path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    if fsync:
-        fsync_dir(zip_path.parent)
     return count

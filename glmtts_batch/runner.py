@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .digests import FileDigests
 from .engines.base import Engine, Synthesis, SynthesisRequest
 from .errors import TaskError
 from .manifest import (
     Journal,
     ManifestWriter,
-    PromptHasher,
     engine_info_dict,
     error_dict,
     new_record,
@@ -145,7 +145,7 @@ class BatchRunner:
         self.info = engine.info
         self.items = items
         self.s = settings
-        self.hash_prompt = PromptHasher()
+        self.hash_prompt = FileDigests()
         self.counts = {"ok": 0, "failed": 0, "invalid": 0, "skipped": 0}
         self.resumed = 0
         self.audio_seconds = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "golden"
@@ -31,3 +32,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from glmtts_batch.glmtts.make_checkpoint import build_random_checkpoint
 
     return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "glmtts-tiny", "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread: tiny matrices spend longer starting threads than computing."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from fake_engines import FakeEngine, RaisingEngine
 
 import glmtts_batch.api as api
-from fake_engines import FakeEngine, RaisingEngine
 from glmtts_batch.cli import main
 from glmtts_batch.errors import CheckpointError, EngineLoadError
 from glmtts_batch.lock import OutputLock

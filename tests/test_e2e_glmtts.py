@@ -16,11 +16,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from voices import write_voice
 
 from glmtts_batch.cli import main
 from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine
@@ -35,22 +35,8 @@ LONG_TEXT = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: thread start-up dominates, and other test runs share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-def write_voice(path: Path, *, seconds: float = 2.0, rate: int = 16000, pitch: float = 180.0, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * rate))) / rate
-    voiced = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 5))
-    wave = 0.15 * voiced * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
 
 
 def expected_samples(speech_tokens: list[int], sample_rate: int) -> int:

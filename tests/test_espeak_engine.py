@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from glmtts_batch.engines.base import Engine, EngineOptions, SynthesisRequest
-from glmtts_batch.engines.espeak import RUN_PAUSE_S, EspeakEngine, TextRun, open_library, split_runs
+from glmtts_batch.engines.espeak import (
+    RUN_PAUSE_S,
+    EspeakEngine,
+    TextRun,
+    open_library,
+    split_runs,
+)
 from glmtts_batch.errors import EngineLoadError, TaskError
 
 ENGLISH = "Hello world, this is a short test of the offline engine."

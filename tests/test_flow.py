@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from glmtts_batch.errors import CheckpointError
-from glmtts_batch.glmtts.dit import DiT, DiTConfig, block_attention_mask, nearest_token_index
+from glmtts_batch.glmtts.dit import (
+    DiT,
+    DiTConfig,
+    block_attention_mask,
+    nearest_token_index,
+)
 from glmtts_batch.glmtts.flow import (
     FlowDecoder,
     FlowSettings,

@@ -15,12 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from voices import write_voice
 
 from glmtts_batch.api import run_batch
 from glmtts_batch.engines.base import EngineOptions, SynthesisRequest
-from glmtts_batch.errors import CheckpointError, EngineLoadError, PromptAudioError, TaskError
+from glmtts_batch.errors import (
+    CheckpointError,
+    EngineLoadError,
+    PromptAudioError,
+    TaskError,
+)
 from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine
 from glmtts_batch.glmtts.llm import GenerationOptions, SpeechLM
 
@@ -42,24 +47,8 @@ def quiet(_message: str) -> None:
     pass
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: thread start-up dominates, and other test runs share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-def write_voice(path: Path, *, seconds: float = PROMPT_SECONDS, rate: int = 16000, pitch: float = 180.0, seed: int = 0) -> Path:
-    """A speech-like prompt: a few harmonics with a slow tremolo, plus a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * rate))) / rate
-    voiced = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 5))
-    wave = 0.15 * voiced * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
-    return path
 
 
 def piece_samples(n_tokens: int, prompt_tokens: int, prompt_frames: int, sample_rate: int) -> int:

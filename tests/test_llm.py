@@ -40,13 +40,7 @@ SPECIAL = Special()
 N_AUDIO = SPECIAL.ate - SPECIAL.ats + 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: thread start-up dominates, and other test runs share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")

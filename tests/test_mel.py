@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from glmtts_batch.glmtts.audio import MEL_SETTINGS, MelExtractor, mel_spectrogram, slaney_mel_basis
+from glmtts_batch.glmtts.audio import (
+    MEL_SETTINGS,
+    MelExtractor,
+    mel_spectrogram,
+    slaney_mel_basis,
+)
 
 ATOL = 1e-4  # golden README: fp32 vs fp64 differs by <= 7e-6 on values in [-11.5, 1.5]
 

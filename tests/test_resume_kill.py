@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from fake_engines import FakeEngine
+
 from glmtts_batch import run_batch
 from glmtts_batch.manifest import RUN_DEPENDENT_KEYS
 from glmtts_batch.outputs import TEMP_PREFIX

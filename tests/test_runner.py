@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from fake_engines import FakeEngine, NoOpEngine, OomEngine, RaisingEngine, WarningEngine
+
 from glmtts_batch import RunError, Summary, run_batch
 from glmtts_batch.engines.base import Synthesis
 from glmtts_batch.manifest import RUN_DEPENDENT_KEYS

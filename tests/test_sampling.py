@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from glmtts_batch.glmtts.sampling import RasParams, nucleus_sample, ras_sample, topk_sample
+from glmtts_batch.glmtts.sampling import (
+    RasParams,
+    nucleus_sample,
+    ras_sample,
+    topk_sample,
+)
 
 N = 4000  # rows drawn at once: the functions are batched, so one call gives N samples
 

@@ -10,10 +10,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from fake_engines import FakeEngine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fake_engines import FakeEngine
 from glmtts_batch import check_tasks, run_batch
 
 KEYS = ["input_text", "syn_text", "prompt_audio", "prompt_speech", "prompt_text", "output_name", "uttid",

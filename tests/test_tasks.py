@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from glmtts_batch.errors import InvalidTaskError, PromptAudioError
-from glmtts_batch.tasks import InvalidLine, Task, count_lines, iter_task_dicts, iter_task_file
+from glmtts_batch.tasks import (
+    InvalidLine,
+    Task,
+    count_lines,
+    iter_task_dicts,
+    iter_task_file,
+)
 
 
 def write_lines(path: Path, lines: list[str], *, newline: str = "\n", bom: bool = False) -> Path:
@@ -171,7 +177,7 @@ def test_duplicate_names_case_insensitive_and_against_defaults(tmp_path: Path) -
         "Task", "InvalidLine", "InvalidLine", "Task", "InvalidLine", "Task", "InvalidLine", "Task", "InvalidLine"]
     for bad, first in zip([items[1], items[2], items[4], items[6], items[8]], [1, 1, 4, 6, 8]):
         assert bad.error.field == "output_name"
-        assert f"duplicate output_name" in str(bad.error) and f"line {first}" in str(bad.error)
+        assert "duplicate output_name" in str(bad.error) and f"line {first}" in str(bad.error)
 
 
 def test_iterable_of_dicts(tmp_path: Path) -> None:

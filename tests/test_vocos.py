@@ -11,7 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from glmtts_batch.errors import CheckpointError
-from glmtts_batch.glmtts.vocos import HOP_LENGTH, MEL_LOG_OFFSET, Vocos2D, write_test_vocos
+from glmtts_batch.glmtts.vocos import (
+    HOP_LENGTH,
+    MEL_LOG_OFFSET,
+    Vocos2D,
+    write_test_vocos,
+)
 
 
 class _Echo(nn.Module):

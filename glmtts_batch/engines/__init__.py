@@ -4,7 +4,13 @@ Engine modules are imported only when selected, so `glmtts` (torch) costs nothin
 to a run that uses the embedded espeak-ng engine, and the other way round.
 """
 
-from glmtts_batch.engines.base import Engine, EngineInfo, EngineOptions, Synthesis, SynthesisRequest
+from glmtts_batch.engines.base import (
+    Engine,
+    EngineInfo,
+    EngineOptions,
+    Synthesis,
+    SynthesisRequest,
+)
 from glmtts_batch.engines.select import ENGINE_NAMES, MODEL_DIR_ENV, load_engine
 
 __all__ = [

@@ -31,7 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from glmtts_batch.engines.base import EngineInfo, EngineOptions, Synthesis, SynthesisRequest
+from glmtts_batch.engines.base import (
+    EngineInfo,
+    EngineOptions,
+    Synthesis,
+    SynthesisRequest,
+)
 from glmtts_batch.errors import EngineLoadError, TaskError
 
 HAN_VOICE = "cmn"

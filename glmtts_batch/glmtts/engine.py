@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from glmtts_batch.engines.base import EngineInfo, EngineOptions, Synthesis, SynthesisRequest
+from glmtts_batch.engines.base import (
+    EngineInfo,
+    EngineOptions,
+    Synthesis,
+    SynthesisRequest,
+)
 from glmtts_batch.errors import EngineLoadError, TaskError
 from glmtts_batch.glmtts.audio import MelExtractor, load_prompt_audio
 from glmtts_batch.glmtts.checkpoint import CheckpointLayout, validate_checkpoint_dir

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -45,7 +44,11 @@ from torch import Tensor, nn
 
 from glmtts_batch.errors import CheckpointError
 from glmtts_batch.glmtts.sampling import RasParams, ras_sample, topk_sample
-from glmtts_batch.glmtts.weights import load_module, read_state_dict
+from glmtts_batch.glmtts.weights import (
+    load_module,
+    read_state_dict,
+    write_safetensors_stream,
+)
 
 # Upstream `MAX_LLM_SEQ_INP_LEN`: budget for cached + expected speech tokens in the prompt.
 PROMPT_HISTORY_LIMIT = 750
@@ -597,37 +600,20 @@ def write_random_llm(
     total = 0
     for k, names in enumerate(plan, start=1):
         shard = f"model-{k:05d}-of-{len(plan):05d}.safetensors"
-        total += _write_safetensors_stream(directory / shard, [(n, shapes[n]) for n in names], tensors)
+        total += write_safetensors_stream(directory / shard, [(n, shapes[n]) for n in names], _next_of(tensors))
         weight_map.update({n: shard for n in names})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return directory
 
 
-def _write_safetensors_stream(
-    path: Path, entries: list[tuple[str, tuple[int, ...]]], tensors: Iterator[tuple[str, Tensor]]
-) -> int:
-    """Write float32 tensors to a safetensors file as they come; returns the data bytes.
+def _next_of(tensors: Iterator[tuple[str, Tensor]]) -> Callable[[str, tuple[int, ...]], Tensor]:
+    """Adapt a stream of (name, tensor) to `write_safetensors_stream`'s `make`, checking order."""
 
-    Format: u64 little-endian header length, JSON header (padded with spaces to 8 bytes),
-    then the raw little-endian data at the header's offsets.
-    """
-    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in entries:
-        size = 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for name, shape in entries:
-            got, tensor = next(tensors)
-            if got != name or tuple(tensor.shape) != shape:
-                raise RuntimeError(f"tensor stream out of order: expected {name}{shape}, got {got}")
-            f.write(memoryview(tensor.contiguous().numpy()).cast("B"))
-    tmp.replace(path)
-    return offset
+    def make(name: str, shape: tuple[int, ...]) -> Tensor:
+        got, tensor = next(tensors)
+        if got != name:
+            raise RuntimeError(f"tensor stream out of order: expected {name}, got {got}")
+        return tensor
+
+    return make

@@ -33,7 +33,11 @@ def build_random_checkpoint(
 ) -> Path:
     """Write a complete random checkpoint folder to `out_dir` and return it."""
     from glmtts_batch.glmtts import flow, hift, llm, speaker, speech_tokenizer, vocos
-    from glmtts_batch.glmtts.text.tokenizer import N_AUDIO_TOKENS, TextTokenizer, write_test_tokenizer
+    from glmtts_batch.glmtts.text.tokenizer import (
+        N_AUDIO_TOKENS,
+        TextTokenizer,
+        write_test_tokenizer,
+    )
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -11,7 +11,6 @@ does not), the prompt text, and the output sample rate (the prompt mel depends o
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from glmtts_batch.digests import FileDigests
 from glmtts_batch.errors import PromptAudioError
 
 _HASH_CHUNK = 1 << 20
@@ -49,12 +49,10 @@ class PromptCache:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.max_entries = max_entries
         self.sample_rate = sample_rate
-        self._max_digests = max_digests
         self._entries: OrderedDict[tuple[str, str, int | None], PromptFeatures] = OrderedDict()
-        self._digests: OrderedDict[tuple[str, int, int, int], str] = OrderedDict()
+        self._digests = FileDigests(max_digests)
         self.hits = 0
         self.misses = 0
-        self.files_hashed = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,32 +63,16 @@ class PromptCache:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
 
+    @property
+    def files_hashed(self) -> int:
+        return self._digests.files_hashed
+
     def digest(self, path: str | Path) -> str:
         """sha256 hex digest of the file's bytes, recomputed only when the file changed."""
-        path = Path(path)
         try:
-            resolved = path.resolve()
-            st = resolved.stat()
+            return self._digests(path)
         except OSError as exc:
             raise PromptAudioError(f"prompt audio {path}: cannot be read ({exc.strerror or exc})") from exc
-        stamp = (str(resolved), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        cached = self._digests.get(stamp)
-        if cached is not None:
-            self._digests.move_to_end(stamp)
-            return cached
-        sha = hashlib.sha256()
-        try:
-            with open(resolved, "rb") as f:
-                while chunk := f.read(_HASH_CHUNK):
-                    sha.update(chunk)
-        except OSError as exc:
-            raise PromptAudioError(f"prompt audio {path}: cannot be read ({exc.strerror or exc})") from exc
-        value = sha.hexdigest()
-        self.files_hashed += 1
-        self._digests[stamp] = value
-        while len(self._digests) > self._max_digests:
-            self._digests.popitem(last=False)
-        return value
 
     def get_or_compute(
         self, path: str | Path, prompt_text: str, compute: Callable[[], PromptFeatures]

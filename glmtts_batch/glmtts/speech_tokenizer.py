@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmtts_batch.errors import CheckpointError
-from glmtts_batch.glmtts.weights import load_module
+from glmtts_batch.glmtts.weights import load_module, write_safetensors_stream
 
 SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 30 * SAMPLE_RATE  # upstream segments prompt audio into 30 s pieces
@@ -516,7 +514,7 @@ def random_speech_tokenizer(
     (out_dir / CONFIG_FILE).write_text(json.dumps(config_json(config, name), indent=2) + "\n")
     (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_json(config), indent=2) + "\n")
     specs = checkpoint_layout(config, layers_in_file)
-    _write_safetensors(out_dir / WEIGHTS_FILE, specs, _RandomTensors(config, seed))
+    write_safetensors_stream(out_dir / WEIGHTS_FILE, specs, _RandomTensors(config, seed))
     return out_dir
 
 
@@ -603,32 +601,6 @@ def _sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> to
     inv_timescales = torch.exp(-increment * torch.arange(channels // 2, dtype=torch.float32))
     angles = torch.arange(length, dtype=torch.float32)[:, None] * inv_timescales[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
-def _write_safetensors(
-    path: Path,
-    specs: list[tuple[str, tuple[int, ...]]],
-    make: Callable[[str, tuple[int, ...]], torch.Tensor],
-) -> None:
-    """Stream float32 tensors into a safetensors file, one at a time, via a temporary file."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for key, shape in specs:
-        size = 4 * math.prod(shape)
-        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for key, shape in specs:
-            tensor = make(key, shape)
-            if tuple(tensor.shape) != shape or tensor.dtype != torch.float32:
-                raise AssertionError(f"{key}: generated {tuple(tensor.shape)} {tensor.dtype}, expected {shape} float32")
-            f.write(np.ascontiguousarray(tensor.numpy(), dtype="<f4").data)
-    os.replace(tmp, path)
 
 
 def config_json(config: SpeechTokenizerConfig, name: str) -> dict[str, Any]:
