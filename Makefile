@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # on a GPU machine the same pin pulls the CUDA build from PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-glmtts clean
+.PHONY: install demo test bench bench-glmtts bench-load clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,15 @@ test: install
 bench: install
 	$(BIN)/python bench/bench_worker.py
 
+# GLM-TTS engine on a random-weight checkpoint. CPU default: the tiny preset.
+# On a GPU: make bench-glmtts BENCH_ARGS="--preset full --device cuda --dtype bf16"
+BENCH_ARGS ?= --preset tiny
 bench-glmtts: install
-	$(BIN)/python bench/bench_glmtts.py
+	$(BIN)/python bench/bench_glmtts.py $(BENCH_ARGS)
+
+# Load time and peak host RSS of a full-shape random checkpoint (builds ~8.3 GB once).
+bench-load: install
+	$(BIN)/python bench/bench_load.py --preset full
 
 clean:
 	rm -rf $(VENV) outputs/*/ bench/out
