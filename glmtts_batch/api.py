@@ -128,7 +128,7 @@ def run_batch(
 
 def _key_options(options: EngineOptions) -> dict[str, Any]:
     """Run-wide settings that change the audio without changing the engine's identity."""
-    key: dict[str, Any] = {"dtype": options.dtype}
+    key: dict[str, Any] = {"dtype": options.dtype, "flow_dtype": options.flow_dtype}
     if options.phoneme_dict is not None:
         try:
             key["phoneme_dict_sha256"] = sha256_file(Path(options.phoneme_dict))

@@ -35,7 +35,10 @@ def main() -> None:
 @click.option("--campplus", type=_existing_file, help="CAM++ speaker model (ONNX), if not in the checkpoint.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--sample-rate", type=click.Choice(["24000", "32000"]), default="24000", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="LLM precision.")
+@click.option("--flow-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Flow precision (half precision may add hiss).")
 @click.option("--no-kv-cache", is_flag=True, help="Disable the LLM key/value cache.")
 @click.option("--no-prompt-cache", is_flag=True, help="Disable the long-text prompt-history cache.")
 @click.option("--phoneme-dict", type=_existing_file, help="JSONL word -> pinyin overrides for phoneme mode.")
@@ -54,6 +57,7 @@ def run(
     device: str,
     sample_rate: str,
     dtype: str,
+    flow_dtype: str,
     no_kv_cache: bool,
     no_prompt_cache: bool,
     phoneme_dict: Path | None,
@@ -70,6 +74,7 @@ def run(
         device=device,
         sample_rate=int(sample_rate),
         dtype=dtype,
+        flow_dtype=flow_dtype,
         kv_cache=not no_kv_cache,
         prompt_cache=not no_prompt_cache,
         phoneme_dict=phoneme_dict,

@@ -58,22 +58,23 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
     monkeypatch.setenv("GLMTTS_MODEL_DIR", str(tmp_path / "from-env"))
     out = tmp_path / "out"
     r = invoke(["run", str(f), "--out", str(out), "--engine", "glmtts", "--campplus", str(camp),
-                "--device", "cpu", "--sample-rate", "32000", "--dtype", "bf16", "--no-kv-cache",
-                "--no-prompt-cache", "--phoneme-dict", str(words), "--seed", "9", "--no-progress"])
+                "--device", "cpu", "--sample-rate", "32000", "--dtype", "bf16", "--flow-dtype", "fp16",
+                "--no-kv-cache", "--no-prompt-cache", "--phoneme-dict", str(words), "--seed", "9", "--no-progress"])
     assert r.exit_code == 0, r.output
     name, options = loader.calls[0]
     assert name == "glmtts"
     assert options.model_dir == tmp_path / "from-env"  # GLMTTS_MODEL_DIR is the default of --model-dir
     assert (options.campplus, options.device, options.sample_rate, options.dtype) == (camp, "cpu", 32000, "bf16")
+    assert options.flow_dtype == "fp16"
     assert (options.kv_cache, options.prompt_cache, options.phoneme_dict) == (False, False, words)
     assert "ENGINE glmtts" in r.output and "engine: fake" in r.output
     assert f"manifest: {out / 'manifest.jsonl'}" in r.output and f"zip: {out / 't.zip'}" in r.output
     assert "2 ok, 0 failed, 0 invalid, 0 skipped" in r.output
     assert {rec["seed"] for rec in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())} == {9}
 
-    # same seed, dtype and phoneme dictionary: every task resumes
+    # same seed, dtypes and phoneme dictionary: every task resumes
     r = invoke(["run", str(f), "--out", str(out), "--model-dir", str(tmp_path / "explicit"), "--seed", "9",
-                "--dtype", "bf16", "--phoneme-dict", str(words), "--no-progress"])
+                "--dtype", "bf16", "--flow-dtype", "fp16", "--phoneme-dict", str(words), "--no-progress"])
     assert r.exit_code == 0
     assert loader.calls[1][0] == "auto" and loader.calls[1][1].model_dir == tmp_path / "explicit"
     assert "0 ok, 0 failed, 0 invalid, 2 skipped (2 resumed)" in r.output

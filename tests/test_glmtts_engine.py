@@ -413,3 +413,21 @@ def test_out_of_memory_fails_one_task_frees_memory_and_the_run_goes_on(engine, v
     assert summary.exit_code == 1 and summary.ok == 2 and summary.failed == 1
     assert (tmp_path / "out" / records[2]["wav"]).is_file()
     assert records[2]["details"]["speech_tokens"] == [FORCED]
+
+
+@pytest.mark.parametrize("flow_dtype", ["bf16", "fp16"])
+def test_half_precision_flow_is_opt_in_and_changes_the_identity(tiny_checkpoint, engine, voice, flow_dtype):
+    text = "hello there"
+    reference = engine.synthesize(request(text, voice, seed=3))
+    options = EngineOptions(model_dir=tiny_checkpoint, device="cpu", flow_dtype=flow_dtype)
+    half = GlmTtsEngine.load(options, log=quiet, force_tokens=FORCED)
+    try:
+        assert half.models.flow.estimator.proj_out.weight.dtype != torch.float32
+        assert engine.models.flow.estimator.proj_out.weight.dtype == torch.float32  # the default stays fp32
+        out = half.synthesize(request(text, voice, seed=3))
+        assert out.audio.dtype == np.float32 and np.isfinite(out.audio).all()
+        assert len(out.audio) == len(reference.audio)  # same tokens, same length; only the mel precision differs
+        assert not np.array_equal(out.audio, reference.audio)
+        assert f"flow-{flow_dtype}" in half.info.model and half.info.model != engine.info.model
+    finally:
+        half.close()

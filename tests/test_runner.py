@@ -257,6 +257,8 @@ def test_phoneme_flag_reaches_engine_and_phoneme_dict_is_part_of_the_resume_key(
     words.write_text('{"word": "x", "pinyin": "xi2"}\n')  # new dictionary content: redo
     assert run(f, out, options=EngineOptions(phoneme_dict=words)).ok == 3
     assert run(f, out, options=EngineOptions(phoneme_dict=words, dtype="bf16")).ok == 3
+    assert run(f, out, options=EngineOptions(phoneme_dict=words, dtype="bf16", flow_dtype="fp16")).ok == 3
+    assert run(f, out, options=EngineOptions(phoneme_dict=words, dtype="bf16", flow_dtype="fp16")).resumed == 3
     with pytest.raises(RunError, match="phoneme dictionary"):
         run(f, out, options=EngineOptions(phoneme_dict=tmp_path / "missing.jsonl"))
 

@@ -35,6 +35,7 @@ class EngineOptions:
     device: str = "auto"  # auto | cuda | cpu
     sample_rate: int = 24000  # 24000 (HiFT) | 32000 (Vocos2D)
     dtype: str = "fp32"  # LLM dtype: fp32 | bf16 | fp16
+    flow_dtype: str = "fp32"  # flow dtype; half precision is reported to add hiss, so opt-in
     kv_cache: bool = True
     prompt_cache: bool = True  # long-text prompt-history cache
     phoneme_dict: Path | None = None  # JSONL word -> pinyin-with-tone overrides

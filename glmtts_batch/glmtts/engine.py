@@ -93,7 +93,7 @@ class GlmTtsEngine:
         self.prompts = PromptCache(sample_rate=options.sample_rate)
         self.info = EngineInfo(
             name="glmtts",
-            model=f"glmtts:{layout.root.name}:{layout.fingerprint()}:llm-{options.dtype}",
+            model=f"glmtts:{layout.root.name}:{layout.fingerprint()}:llm-{options.dtype}:flow-{options.flow_dtype}",
             sample_rate=options.sample_rate,
             device=str(device),
             clones_voice=True,
@@ -119,10 +119,14 @@ class GlmTtsEngine:
         device = resolve_device(options.device)
         try:
             llm_dtype = resolve_dtype(options.dtype)
+            flow_dtype = resolve_dtype(options.flow_dtype)
         except ValueError as exc:
             raise EngineLoadError(str(exc)) from exc
         started = time.perf_counter()
-        log(f"glmtts: loading {layout.root} on {device} (LLM {options.dtype}, {options.sample_rate} Hz)")
+        log(
+            f"glmtts: loading {layout.root} on {device} "
+            f"(LLM {options.dtype}, flow {options.flow_dtype}, {options.sample_rate} Hz)"
+        )
 
         tokenizer = TextTokenizer.from_dir(layout.text_tokenizer_dir)
         phoneme_dict = PhonemeDict.load(options.phoneme_dict) if options.phoneme_dict else None
@@ -139,7 +143,7 @@ class GlmTtsEngine:
             speaker=SpeakerEncoder(layout.campplus, device),
             mel=MelExtractor(options.sample_rate),
             llm=SpeechLM.load(layout.llm_dir, device, llm_dtype),
-            flow=FlowDecoder.from_checkpoint(layout.flow_weights, device, config_path=layout.flow_config),
+            flow=FlowDecoder.from_checkpoint(layout.flow_weights, device, flow_dtype, config_path=layout.flow_config),
             vocoder=vocoder,
         )
         generation = GenerationOptions(kv_cache=options.kv_cache, force_tokens=force_tokens)
@@ -196,7 +200,7 @@ class GlmTtsEngine:
                 generator=generator,
             )
             clock.lap("flow")
-            wav = self._vocode(mel, generator)
+            wav = self._vocode(mel.float(), generator)  # vocoders run in float32 whatever the flow's dtype
             clock.lap("vocoder")
             waves.append(wav[0].float().cpu().numpy())
         if not waves:
