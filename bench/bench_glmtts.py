@@ -83,7 +83,12 @@ def summarise(runs: list[dict], sample_rate: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     ckpt = ensure_checkpoint(args.preset, Path(args.checkpoint_dir or REPO / "bench" / "checkpoints" / args.preset))
     options = EngineOptions(
-        model_dir=ckpt, device=args.device, sample_rate=args.sample_rate, dtype=args.dtype, kv_cache=not args.no_kv_cache
+        model_dir=ckpt,
+        device=args.device,
+        sample_rate=args.sample_rate,
+        dtype=args.dtype,
+        flow_dtype=args.flow_dtype,
+        kv_cache=not args.no_kv_cache,
     )
     rss_before = peak_rss_gib()
     started = time.perf_counter()
@@ -129,6 +134,7 @@ def run(args: argparse.Namespace) -> dict:
         "device_name": torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "dtype_llm": args.dtype,
+        "dtype_flow": args.flow_dtype,
         "sample_rate": args.sample_rate,
         "forced_tokens_per_task": args.tokens,
         "warmup_tasks": args.warmup,
@@ -152,6 +158,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--flow-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--sample-rate", type=int, default=24000, choices=(24000, 32000))
     parser.add_argument("--tokens", type=int, default=250, help="speech tokens generated per task (25 per second)")
     parser.add_argument("--tasks", type=int, default=32, help="tasks in the job (one shared prompt)")
@@ -165,7 +172,8 @@ def main() -> None:
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"glmtts_{args.preset}_{result['device'].replace(':', '')}_{args.dtype}_{args.sample_rate}.json"
+    flow_tag = "" if args.flow_dtype == "fp32" else f"_flow-{args.flow_dtype}"
+    name = f"glmtts_{args.preset}_{result['device'].replace(':', '')}_{args.dtype}{flow_tag}_{args.sample_rate}.json"
     (out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"\nwritten {out / name}")
