@@ -25,9 +25,10 @@ test: install
 bench: install
 	$(BIN)/python bench/bench_worker.py
 
-# GLM-TTS engine on a random-weight checkpoint. CPU default: the tiny preset.
-# On a GPU: make bench-glmtts BENCH_ARGS="--preset full --device cuda --dtype bf16"
-BENCH_ARGS ?= --preset tiny
+# GLM-TTS engine on a full-shape random-weight checkpoint (built once, ~8.3 GB): 1 task and
+# a 32-task job on a GPU; 3 tasks of 100 tokens on CPU. Other runs, e.g.:
+#   make bench-glmtts BENCH_ARGS="--dtype bf16"      make bench-glmtts BENCH_ARGS="--preset tiny"
+BENCH_ARGS ?=
 bench-glmtts: install
 	$(BIN)/python bench/bench_glmtts.py $(BENCH_ARGS)
 
