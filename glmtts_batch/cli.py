@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .api import check_tasks, run_batch
@@ -68,6 +69,8 @@ def run(
     no_progress: bool,
 ) -> None:
     """Synthesise every task in TASK_FILE (JSONL)."""
+    if click.get_current_context().get_parameter_source("model_dir") is ParameterSource.ENVIRONMENT:
+        model_dir = None  # engine selection reads GLMTTS_MODEL_DIR itself and names it as the source
     options = EngineOptions(
         model_dir=model_dir,
         campplus=campplus,

@@ -15,6 +15,7 @@ from fake_engines import FakeEngine, RaisingEngine
 
 import glmtts_batch.api as api
 from glmtts_batch.cli import main
+from glmtts_batch.engines.select import configured_model_dir
 from glmtts_batch.errors import CheckpointError, EngineLoadError
 from glmtts_batch.lock import OutputLock
 
@@ -63,7 +64,8 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
     assert r.exit_code == 0, r.output
     name, options = loader.calls[0]
     assert name == "glmtts"
-    assert options.model_dir == tmp_path / "from-env"  # GLMTTS_MODEL_DIR is the default of --model-dir
+    # GLMTTS_MODEL_DIR is the default of --model-dir, and the engine banner names it as the source
+    assert configured_model_dir(options) == (tmp_path / "from-env", "GLMTTS_MODEL_DIR")
     assert (options.campplus, options.device, options.sample_rate, options.dtype) == (camp, "cpu", 32000, "bf16")
     assert options.flow_dtype == "fp16"
     assert (options.kv_cache, options.prompt_cache, options.phoneme_dict) == (False, False, words)
