@@ -8,6 +8,7 @@ out-of-memory error so the next task runs normally.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -24,6 +25,11 @@ class EngineInfo:
     sample_rate: int  # every Synthesis from this engine has this rate
     device: str  # "cpu", "cuda:0", ...
     clones_voice: bool  # False: prompt audio is ignored (the manifest says so)
+    # Run settings that shape the audio without changing the model (dtypes, the long-text
+    # prompt cache, a phoneme dictionary's content hash). Part of the resume key, so a
+    # change redoes the affected tasks. Device and KV cache are left out on purpose:
+    # a seed fixes the audio on one device only, and the KV cache does not change tokens.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
