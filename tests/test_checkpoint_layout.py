@@ -134,3 +134,19 @@ def test_fingerprint_changes_when_a_config_changes(folder: Path) -> None:
     before = validate_checkpoint_dir(folder).fingerprint()
     (folder / "llm" / "config.json").write_text(json.dumps({"hidden_size": 8, "vocab_size": 17}))
     assert validate_checkpoint_dir(folder).fingerprint() != before
+
+
+def test_fingerprint_follows_the_weights_not_the_folder_name(folder: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    before = validate_checkpoint_dir(folder).fingerprint()
+    renamed = tmp_path / "another-name"
+    shutil.copytree(folder, renamed, copy_function=shutil.copy2)  # copy2 keeps modification times
+    assert validate_checkpoint_dir(renamed).fingerprint() == before
+
+    # same size, new weights (a fine-tune or re-download): a new identity
+    weights = renamed / "flow" / "flow.pt"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert validate_checkpoint_dir(renamed).fingerprint() != before

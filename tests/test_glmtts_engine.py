@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -195,7 +196,8 @@ def test_manifest_details_are_present_and_sane(engine, voice):
     assert d["device"] == "cpu" == engine.info.device
     assert d["phoneme"] is False
     assert engine.info.name == "glmtts" and engine.info.clones_voice
-    assert engine.info.model.startswith(f"glmtts:{engine.layout.root.name}:")
+    assert re.fullmatch(r"glmtts:[0-9a-f]{16}", engine.info.model)  # weights identity, not the folder name
+    assert engine.info.settings == {"llm_dtype": "fp32", "flow_dtype": "fp32", "prompt_cache": True, "phoneme_dict_sha256": None}
 
 
 # ------------------------------------------------------------------------------- seeding
@@ -416,7 +418,7 @@ def test_out_of_memory_fails_one_task_frees_memory_and_the_run_goes_on(engine, v
 
 
 @pytest.mark.parametrize("flow_dtype", ["bf16", "fp16"])
-def test_half_precision_flow_is_opt_in_and_changes_the_identity(tiny_checkpoint, engine, voice, flow_dtype):
+def test_half_precision_flow_is_opt_in_and_a_recorded_setting(tiny_checkpoint, engine, voice, flow_dtype):
     text = "hello there"
     reference = engine.synthesize(request(text, voice, seed=3))
     options = EngineOptions(model_dir=tiny_checkpoint, device="cpu", flow_dtype=flow_dtype)
@@ -428,6 +430,8 @@ def test_half_precision_flow_is_opt_in_and_changes_the_identity(tiny_checkpoint,
         assert out.audio.dtype == np.float32 and np.isfinite(out.audio).all()
         assert len(out.audio) == len(reference.audio)  # same tokens, same length; only the mel precision differs
         assert not np.array_equal(out.audio, reference.audio)
-        assert f"flow-{flow_dtype}" in half.info.model and half.info.model != engine.info.model
+        # the same weights, another setting that shapes the audio: part of the resume key
+        assert half.info.model == engine.info.model
+        assert half.info.settings["flow_dtype"] == flow_dtype and engine.info.settings["flow_dtype"] == "fp32"
     finally:
         half.close()

@@ -50,7 +50,14 @@ class CheckpointLayout:
         return self.hift_weights if sample_rate == 24000 else self.vocos_script
 
     def fingerprint(self) -> str:
-        """A short identity for the manifest and resume keys: config contents + weight sizes."""
+        """A short identity for the manifest and resume keys.
+
+        Config files by content; weight files by size and modification time (hashing 9 GB
+        per run would cost a minute). A fine-tune or re-download with the same shapes
+        therefore changes the identity, and so does copying the folder elsewhere, which
+        redoes work rather than reuse audio from other weights. The folder's own name and
+        location are not part of it.
+        """
         digest = hashlib.sha256()
         for path in sorted(_identity_files(self)):
             digest.update(str(path.relative_to(self.root) if path.is_relative_to(self.root) else path.name).encode())
@@ -58,7 +65,7 @@ class CheckpointLayout:
                 digest.update(path.read_bytes())
             else:
                 stat = path.stat()
-                digest.update(f"{stat.st_size}".encode())
+                digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
         return digest.hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glmtts_batch.digests import sha256_file
 from glmtts_batch.engines.base import (
     EngineInfo,
     EngineOptions,
@@ -93,10 +94,16 @@ class GlmTtsEngine:
         self.prompts = PromptCache(sample_rate=options.sample_rate)
         self.info = EngineInfo(
             name="glmtts",
-            model=f"glmtts:{layout.root.name}:{layout.fingerprint()}:llm-{options.dtype}:flow-{options.flow_dtype}",
+            model=f"glmtts:{layout.fingerprint()}",
             sample_rate=options.sample_rate,
             device=str(device),
             clones_voice=True,
+            settings={
+                "llm_dtype": options.dtype,
+                "flow_dtype": options.flow_dtype,
+                "prompt_cache": options.prompt_cache,
+                "phoneme_dict_sha256": sha256_file(options.phoneme_dict) if options.phoneme_dict else None,
+            },
         )
 
     @classmethod
