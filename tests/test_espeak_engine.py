@@ -263,3 +263,31 @@ def test_demo_job_is_valid_and_uses_the_prompt_transcript() -> None:
         assert task.prompt_text == prompt_text
         scripts.add(frozenset(run.voice for run in split_runs(task.text)))
     assert scripts == {frozenset({"cmn"}), frozenset({"en"}), frozenset({"cmn", "en"})}
+
+
+class _Interrupt(BaseException):
+    """Stands in for the batch loop's abandon exception, raised by a signal handler."""
+
+
+def test_exception_raised_during_synthesis_propagates_and_aborts_it(engine: EspeakEngine, capfd) -> None:
+    """Python runs a signal handler only inside espeak's sample callback, where ctypes would print
+    and drop its exception and the synthesis would go on with a gap; it must reach the caller."""
+    import signal
+
+    reference = engine.synthesize(request(ENGLISH)).audio
+    long_text = " ".join([ENGLISH] * 40)  # seconds of synthesis: the timer fires mid-way
+
+    def handler(signum, frame):
+        raise _Interrupt()
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(_Interrupt):
+            engine.synthesize(request(long_text))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "Exception ignored" not in capfd.readouterr().err
+    # the aborted synthesis left nothing behind: the next one is complete and unchanged
+    assert np.array_equal(engine.synthesize(request(ENGLISH)).audio, reference)

@@ -20,6 +20,7 @@ import atexit
 import ctypes
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -165,6 +166,11 @@ class _Espeak:
         self.sample_rate = int(rate)
         self.version = (self.lib.espeak_Info(None) or b"unknown").decode("utf-8", "replace")
         self._chunks: list[np.ndarray] = []
+        # An exception raised in the sample callback (e.g. by a signal handler, which Python
+        # runs there: it is the only Python code running during espeak_Synth). ctypes would
+        # print and discard it and the synthesis would go on with a gap, so it is kept here,
+        # the synthesis is aborted, and it is re-raised once espeak_Synth returns.
+        self._pending: BaseException | None = None
         # The C library keeps this pointer for the life of the process: keep the object alive.
         self._callback = _SynthCallback(self._on_samples)
         self.lib.espeak_SetSynthCallback(self._callback)
@@ -172,9 +178,31 @@ class _Espeak:
         atexit.register(self.lib.espeak_Terminate)
 
     def _on_samples(self, wav: Any, count: int, _events: Any) -> int:
-        if wav and count > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        if self._pending is not None:
+            return 1
+        try:
+            if wav and count > 0:
+                self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        except BaseException as exc:  # noqa: BLE001 - re-raised by speak(); ctypes would drop it
+            self._pending = exc
+            return 1  # abort this synthesis: carrying on would leave a gap in the audio
         return 0
+
+    def _keep_unraisable(self, previous: Callable[[Any], Any]) -> Callable[[Any], None]:
+        """An unraisablehook that keeps the callback's own exceptions in `_pending`.
+
+        A pending signal's handler runs at the callback's first instruction, before its
+        `try` can catch anything; ctypes then hands the exception to sys.unraisablehook
+        (and espeak goes on, until the next callback returns 1 because of `_pending`).
+        """
+
+        def hook(args: Any) -> None:
+            if args.object == self._on_samples and self._pending is None:
+                self._pending = args.exc_value if args.exc_value is not None else args.exc_type()
+            else:
+                previous(args)
+
+        return hook
 
     def set_voice(self, voice: str) -> int:
         """Select `voice` with the steady variant; espeak's status code (0 = ok)."""
@@ -187,11 +215,21 @@ class _Espeak:
             raise TaskError(f"espeak-ng has no voice {voice!r} (error {status})")
         data = text.encode("utf-8") + b"\0"
         self._chunks = []
-        status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        self._pending = None
+        previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._keep_unraisable(previous_hook)
+        try:
+            status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            if self._pending is None and status == _EE_OK:
+                self.lib.espeak_Synchronize()
+        finally:
+            sys.unraisablehook = previous_hook
+            chunks, self._chunks = self._chunks, []
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending
         if status != _EE_OK:
             raise TaskError(f"espeak-ng failed to synthesise a {voice!r} run (error {status})")
-        self.lib.espeak_Synchronize()
-        chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
 
