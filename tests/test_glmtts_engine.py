@@ -268,6 +268,29 @@ def test_long_text_is_split_and_generated_in_order(engine, voice, monkeypatch, p
         assert second["prompt_speech_tokens"] == prompt.speech_tokens
 
 
+def test_the_flow_is_always_conditioned_on_the_original_prompt(engine, voice, monkeypatch):
+    # The prompt-history cache only lengthens the LM's prompt; the flow and vocoder always
+    # take the original recording's tokens, mel and speaker embedding.
+    eng = sibling(engine, force_tokens=4, prompt_cache=True)
+    flow = eng.models.flow
+    seen = []
+    real = flow.inference
+
+    def spy(tokens, prompt_tokens, prompt_mel, embedding, **kw):
+        seen.append((tokens[0].tolist(), prompt_tokens[0].tolist(), prompt_mel[0].clone(), embedding[0].clone()))
+        return real(tokens, prompt_tokens, prompt_mel, embedding, **kw)
+
+    monkeypatch.setattr(flow, "inference", spy)
+    prompt_text = "你好，这是一段提示语音。"
+    result = eng.synthesize(request(LONG_ZH, voice, prompt_text=prompt_text))
+    prompt = eng.prompts.get_or_compute(voice, prompt_text, lambda: pytest.fail("prompt features were not cached"))
+    assert len(seen) == len(result.details["text_pieces"]) >= 3
+    for tokens, prompt_tokens, prompt_mel, embedding in seen:
+        assert len(tokens) == 4
+        assert prompt_tokens == prompt.speech_tokens
+        assert torch.equal(prompt_mel, prompt.prompt_mel) and torch.equal(embedding, prompt.embedding)
+
+
 def test_kv_cache_off_generates_the_same_tokens(engine, voice, monkeypatch):
     spy = GenerateSpy(monkeypatch)
     on = sibling(engine, force_tokens=16).synthesize(request("Same tokens please.", voice, seed=3))

@@ -371,3 +371,13 @@ def test_long_text_without_prompt_cache_reuses_the_original_prompt_and_seed(lm):
     assert tokens[0] == tokens[2]  # re-seeded per piece
     cached, _ = lm.generate_long(pieces, [1, 2], [3, 4], SPECIAL, seed=6, prompt_cache=True)
     assert cached[0] == tokens[0]  # the first piece only ever sees the original prompt
+
+
+def test_half_precision_model_computes_candidate_logits_in_float32(llm_dir):
+    lm = SpeechLM.load(llm_dir, "cpu", torch.bfloat16)
+    hidden = torch.randn(2, lm.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    logits = lm.candidate_logits(hidden, SPECIAL)
+    table = lm.model.embed_tokens.weight.float()
+    rows = torch.cat([table[SPECIAL.ats : SPECIAL.ate + 1], table[SPECIAL.eoa : SPECIAL.eoa + 1]])
+    assert logits.dtype == torch.float32 and logits.shape == (2, N_AUDIO + 1)
+    assert torch.allclose(logits, hidden.float() @ rows.T, atol=1e-5)

@@ -153,3 +153,15 @@ def test_topk_exclude_of_all_the_mass_draws_the_rest_uniformly():
 def test_ras_params_are_validated(kwargs):
     with pytest.raises(ValueError):
         RasParams(**kwargs)
+
+
+def test_draw_one_equals_torch_multinomial_for_the_same_generator():
+    # The sampler avoids multinomial's host-syncing checks but must keep its draws.
+    from glmtts_batch.glmtts.sampling import draw_one
+
+    weights = torch.rand(4, 300, generator=torch.Generator().manual_seed(0))
+    weights[:, 100:] = 0  # zero weights are never drawn
+    ours = draw_one(weights, torch.Generator().manual_seed(7))
+    reference = torch.multinomial(weights, 1, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ours, reference)
+    assert (ours < 100).all()

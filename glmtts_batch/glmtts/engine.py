@@ -173,9 +173,9 @@ class GlmTtsEngine:
             request.prompt_audio, request.prompt_text, lambda: self.prompt_features(request.prompt_audio, request.prompt_text)
         )
         phoneme = request.phoneme if request.phoneme is not None else self.options.phoneme_dict is not None
-        pieces = m.text.pieces(request.text, phoneme=phoneme)
-        piece_ids = [m.text.ids(piece) for piece in pieces]
-        piece_ids = [ids for ids in piece_ids if ids]
+        spoken = [(piece, ids) for piece in m.text.pieces(request.text, phoneme=phoneme) if (ids := m.text.ids(piece))]
+        pieces = [piece for piece, _ in spoken]
+        piece_ids = [ids for _, ids in spoken]
         if not piece_ids:
             raise TaskError("input_text has nothing to speak after text normalisation", field="input_text")
         clock.lap("frontend")
@@ -194,11 +194,13 @@ class GlmTtsEngine:
         prompt_tokens = torch.tensor([prompt.speech_tokens], dtype=torch.long, device=self.device)
         prompt_mel = prompt.prompt_mel.to(self.device)[None]  # (1, Tp, 80)
         embedding = prompt.embedding.to(self.device)[None]  # (1, 192)
+        # One generator for the whole task: each piece draws fresh noise (as upstream's global
+        # RNG does), and the task's seed still fixes every draw.
+        generator = torch.Generator(device=self.device).manual_seed(request.seed)
         waves: list[np.ndarray] = []
         for tokens in tokens_per_piece:
             if not tokens:
                 continue
-            generator = torch.Generator(device=self.device).manual_seed(request.seed)
             mel = m.flow.inference(
                 torch.tensor([tokens], dtype=torch.long, device=self.device),
                 prompt_tokens,

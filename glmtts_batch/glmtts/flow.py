@@ -294,7 +294,9 @@ class FlowDecoder(nn.Module):
             block_mask=None if block_pattern is None else block_attention_mask(block_pattern, t_max, device),
         )
 
-        x = self._initial_noise(b, feat_lengths, noise, generator, device, dtype)
+        # The ODE state and the guidance mix stay float32 whatever the estimator's dtype: in
+        # half precision, (1 + cfg) * v_cond - cfg * v_uncond amplifies rounding every step.
+        x = self._initial_noise(b, feat_lengths, noise, generator, device, torch.float32)
         x = self.solve(x, conditioning, n_timesteps=n_timesteps, cfg_rate=cfg, keep=padding_mask, on_step=on_step)
 
         out_lengths = [max(0, f - p) for f, p in zip(feat_lengths, n_pmel)]
@@ -334,7 +336,7 @@ class FlowDecoder(nn.Module):
         """
         n = 2 * x.shape[0] if cfg_rate > 0 else x.shape[0]
         out = self.estimator(
-            torch.cat([x, x])[:n],
+            torch.cat([x, x])[:n].to(c.cond.dtype),
             c.cond[:n],
             c.text[:n],
             t.reshape(1),
@@ -342,7 +344,7 @@ class FlowDecoder(nn.Module):
             padding_mask=None if c.padding_mask is None else c.padding_mask[:n],
             text_lengths=c.text_lengths[:n],
             block_mask=c.block_mask,
-        )
+        ).float()
         if cfg_rate <= 0:
             return out
         v_cond, v_uncond = out.chunk(2)

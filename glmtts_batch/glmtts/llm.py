@@ -410,9 +410,24 @@ class SpeechLM(nn.Module):
     def candidate_logits(self, hidden: Tensor, special: SpecialIds) -> Tensor:
         """(B, D) -> float32 logits (B, n_audio + 1): audio ids ats..ate, then eoa."""
         table = self.model.embed_tokens.weight  # tied output projection
-        audio = hidden @ table[special.ats : special.ate + 1].T
-        stop = hidden @ table[special.eoa : special.eoa + 1].T
-        return torch.cat([audio, stop], dim=-1).float()
+        if table.dtype == torch.float32:
+            audio = hidden @ table[special.ats : special.ate + 1].T
+            stop = hidden @ table[special.eoa : special.eoa + 1].T
+            return torch.cat([audio, stop], dim=-1)
+        # Half-precision model: rounding the logits themselves to bf16 would quantise them
+        # in steps of 0.125 at |logit| 16-32, which changes the sampling distribution. One
+        # float32 copy of the candidate rows (268 MB at full size) keeps this product exact.
+        return hidden.float() @ self._fp32_candidates(special).T
+
+    def _fp32_candidates(self, special: SpecialIds) -> Tensor:
+        key = (special.ats, special.ate, special.eoa)
+        cached = getattr(self, "_candidates", None)
+        if cached is None or cached[0] != key:
+            table = self.model.embed_tokens.weight
+            rows = torch.cat([table[special.ats : special.ate + 1], table[special.eoa : special.eoa + 1]])
+            cached = (key, rows.float())
+            self._candidates = cached
+        return cached[1]
 
     @torch.inference_mode()
     def generate(

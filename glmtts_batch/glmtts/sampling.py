@@ -52,6 +52,17 @@ class RasParams:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
+def draw_one(weights: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One index per row, with probability proportional to `weights` (B, V) -> (B, 1).
+
+    The exponential race `argmax(w / Exp(1))` is what `torch.multinomial(w, 1)` computes
+    (same draws from the same generator), minus its argument checks, which read values
+    back to the host: on a GPU that would be two synchronisations per call, per token.
+    """
+    race = torch.empty_like(weights).exponential_(1, generator=generator)
+    return (weights / race).argmax(dim=-1, keepdim=True)
+
+
 def nucleus_sample(probs: Tensor, *, top_p: float, top_k: int, generator: torch.Generator | None) -> Tensor:
     """Top-p / top-k draw. probs: (B, V), rows summing to 1. Returns ids (B,) int64."""
     k = min(top_k, probs.shape[-1])
@@ -61,7 +72,7 @@ def nucleus_sample(probs: Tensor, *, top_p: float, top_k: int, generator: torch.
     cumulative = torch.cumsum(sorted_p, dim=-1)
     mass_before = torch.cat([torch.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], dim=-1)
     weights = torch.where(mass_before < top_p, sorted_p, torch.zeros_like(sorted_p))
-    choice = torch.multinomial(weights, 1, generator=generator)  # (B, 1)
+    choice = draw_one(weights, generator)  # (B, 1)
     return sorted_ids.gather(-1, choice).squeeze(-1)
 
 
@@ -90,7 +101,7 @@ def ras_sample(
     repeats = (recent == first[:, None]).sum(dim=-1)  # (B,)
     fell_back = repeats >= params.win_size * params.tau_r
     # Upstream's fallback ignores the temperature: plain softmax of the scores.
-    anywhere = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
+    anywhere = draw_one(torch.softmax(scores, dim=-1), generator).squeeze(-1)
     return torch.where(fell_back, anywhere, first), fell_back
 
 
@@ -116,5 +127,5 @@ def topk_sample(
         top_p = torch.where(banned, torch.zeros_like(top_p), top_p)
         empty = top_p.sum(dim=-1, keepdim=True) <= 0
         top_p = torch.where(empty, (~banned).float(), top_p)
-    choice = torch.multinomial(top_p, 1, generator=generator)
+    choice = draw_one(top_p, generator)
     return top_ids.gather(-1, choice).squeeze(-1)
