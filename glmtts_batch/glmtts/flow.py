@@ -271,6 +271,11 @@ class FlowDecoder(nn.Module):
         if min(total_tokens) <= 0 or min(feat_lengths) <= 0:
             raise ValueError("every item needs at least one token (prompt + target) and one mel frame")
         t_max = max(feat_lengths)
+        # Checked once here, not in the estimator: there it would sync the GPU at every step.
+        vocab = self.config.text_vocab_size
+        for ids in (tokens, prompt_tokens):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > vocab):
+                raise ValueError(f"speech token ids must lie in [0, {vocab}]")
 
         # Per item: tokens = prompt tokens + target tokens; condition = last prompt frames, zeros after.
         text = torch.zeros(b, max(total_tokens), dtype=torch.long, device=device)
