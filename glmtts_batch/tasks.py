@@ -4,7 +4,9 @@ A task file is read one physical line at a time (a million-line file runs in
 constant memory, apart from the set of output names used to catch duplicates).
 UTF-8 with or without a BOM, LF or CRLF. Blank lines and lines whose first
 non-blank character is `#` are skipped but still counted, so line numbers are
-always 1-based physical line numbers an editor shows.
+always 1-based physical line numbers an editor shows. A line longer than
+`MAX_LINE_BYTES` (1 MiB) is not held in memory: it is read in chunks, dropped,
+and recorded as invalid (a runaway line must not take the worker's memory).
 
 Each other line yields either a `Task` or an `InvalidLine` carrying an
 `InvalidTaskError` that names the line and field; reading never stops at a bad
@@ -16,6 +18,11 @@ line. Fields:
     output_name   (alias uttid)                WAV name without ".wav"; default: line number
     seed                                       int, overrides the run seed
     phoneme                                    bool, Chinese G2P mode (absent: run default)
+
+Every string field must be valid Unicode: JSON lets a line spell a lone surrogate
+(`"\\ud800"`), which no UTF-8 writer (manifest, engine, file system) can encode.
+`input_text` and `prompt_text` may not contain control characters other than tab,
+newline and carriage return (espeak-ng, for one, stops reading at a NUL).
 
 Unknown fields are an error (a typo must not be silently ignored), and so is
 giving both an alias and its canonical name. `output_name` must be a plain,
@@ -43,6 +50,9 @@ ALIASES = {"syn_text": "input_text", "prompt_speech": "prompt_audio", "uttid": "
 
 MAX_NAME_BYTES = 200  # leaves room for ".wav" and temp-file affixes under the usual 255-byte limit
 MAX_SEED = 2**63 - 1
+MAX_LINE_BYTES = 1 << 20  # one task line's content, without its line ending
+_SKIP_CHUNK = 1 << 16  # how much of an over-long line is read at a time while discarding it
+_TEXT_CONTROLS_ALLOWED = set("\t\n\r")
 _WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
     f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)
@@ -89,6 +99,8 @@ def check_output_name(name: str) -> None:
 
     if not name:
         raise bad("it is empty")
+    if _lone_surrogate(name) is not None:
+        raise bad("it is not valid Unicode text (lone surrogate)")
     if name in (".", ".."):
         raise bad("it is a relative path component")
     if "/" in name or "\\" in name:
@@ -106,12 +118,43 @@ def check_output_name(name: str) -> None:
         raise bad(f"it contains {''.join(forbidden)!r}, not allowed in Windows file names")
     if name.split(".")[0].upper() in _WINDOWS_DEVICES:
         raise bad("it is a reserved Windows device name")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise bad(f"it is longer than {MAX_NAME_BYTES} bytes")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad("it is not valid Unicode text") from None
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate (U+D800..U+DFFF) in `text`, or None.
+
+    A Python str holds surrogates only unpaired: json.loads joins escaped pairs.
+    """
+    for i, c in enumerate(text):
+        if "\ud800" <= c <= "\udfff":
+            return i
+    return None
+
+
+def check_string(line: int, key: str, value: str, *, controls: bool = True) -> None:
+    """Reject text no UTF-8 writer can encode and, unless `controls`, control characters."""
+    i = _lone_surrogate(value)
+    if i is not None:
+        raise InvalidTaskError(
+            f"line {line}: {key} is not valid Unicode text (lone surrogate U+{ord(value[i]):04X} at "
+            f"character {i})",
+            field=key,
+        )
+    if not controls:
+        for i, c in enumerate(value):
+            if unicodedata.category(c) == "Cc" and c not in _TEXT_CONTROLS_ALLOWED:
+                raise InvalidTaskError(
+                    f"line {line}: {key} contains control character U+{ord(c):04X} at character {i} "
+                    "(only tab, newline and carriage return are allowed)",
+                    field=key,
+                )
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates as backslash escapes, so it can be written as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def name_key(name: str) -> str:
@@ -138,10 +181,13 @@ class TaskValidator:
         if "input_text" not in fields:
             raise InvalidTaskError(f"line {line}: missing required field 'input_text'", field="input_text")
         text = _typed(line, fields, "input_text", str)
+        check_string(line, "input_text", text, controls=False)
         if not text.strip():
             raise InvalidTaskError(f"line {line}: input_text is empty", field="input_text")
 
         prompt_text = _typed(line, fields, "prompt_text", str, optional=True)
+        if prompt_text is not None:
+            check_string(line, "prompt_text", prompt_text, controls=False)
         seed = _typed(line, fields, "seed", int, optional=True)
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise InvalidTaskError(f"line {line}: seed {seed} is outside 0..2**63-1", field="seed")
@@ -150,6 +196,7 @@ class TaskValidator:
         prompt_audio: Path | None = None
         raw_prompt = _typed(line, fields, "prompt_audio", str, optional=True)
         if raw_prompt is not None:
+            check_string(line, "prompt_audio", raw_prompt)
             if not raw_prompt.strip() or "\x00" in raw_prompt:
                 raise InvalidTaskError(f"line {line}: prompt_audio is not a usable path", field="prompt_audio")
             prompt_audio = self.base_dir / Path(os.path.expanduser(raw_prompt))
@@ -175,7 +222,7 @@ class TaskValidator:
             raise InvalidTaskError(
                 f"line {line}: unknown field {names} (allowed: {', '.join(CANONICAL_FIELDS)}; "
                 f"aliases: {', '.join(ALIASES)})",
-                field=str(unknown[0]),
+                field=printable(str(unknown[0])),
             )
         for key, value in obj.items():
             canonical = ALIASES.get(key, key)
@@ -243,13 +290,15 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _raw_output_name(obj: Any) -> str | None:
-    """Best-effort name for the manifest record of an invalid line."""
+def _raw_output_name(line: int, obj: Any) -> str | None:
+    """Best-effort name for the manifest record of an invalid line (printable, see `printable`)."""
     if not isinstance(obj, Mapping):
         return None
     raw = obj.get("output_name", obj.get("uttid"))
+    if raw is None:
+        return str(line)  # the default name, as a valid line would have had
     if isinstance(raw, (str, int)) and not isinstance(raw, bool):
-        return str(raw)
+        return printable(str(raw))
     return None
 
 
@@ -265,7 +314,7 @@ def _validate(validator: TaskValidator, line: int, obj: Any) -> TaskOrInvalid:
     try:
         return validator.validate(line, obj)
     except TaskError as e:
-        return InvalidLine(line=line, error=e, output_name=_raw_output_name(obj), seed=_raw_seed(obj))
+        return InvalidLine(line=line, error=e, output_name=_raw_output_name(line, obj), seed=_raw_seed(obj))
 
 
 def _reject_constant(token: str) -> Any:
@@ -329,10 +378,33 @@ def iter_open_task_file(f: BinaryIO, base_dir: Path) -> Iterator[TaskOrInvalid]:
     """Stream tasks from an already opened binary file; closes it when exhausted."""
     validator = TaskValidator(base_dir)
     with f:
-        for line, raw in enumerate(f, start=1):
+        for line, raw in enumerate(_bounded_lines(f), start=1):
+            if raw is None:
+                yield InvalidLine(
+                    line=line,
+                    error=InvalidTaskError(f"line {line}: line longer than {MAX_LINE_BYTES // (1 << 20)} MiB"),
+                )
+                continue
             item = parse_line(validator, line, raw)
             if item is not None:
                 yield item
+
+
+def _bounded_lines(f: BinaryIO) -> Iterator[bytes | None]:
+    """Physical lines of `f`; None for a line whose content exceeds MAX_LINE_BYTES.
+
+    readline(limit) never buffers more than the limit, and the rest of an over-long
+    line is discarded in small chunks, so memory stays bounded whatever the file holds.
+    """
+    limit = MAX_LINE_BYTES + 2  # room for the line's own "\r\n"
+    while raw := f.readline(limit):
+        if not raw.endswith(b"\n") and len(raw) == limit:
+            while (rest := f.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        content = len(raw) - raw.endswith(b"\n") - raw.endswith(b"\r\n")
+        yield None if content > MAX_LINE_BYTES else raw
 
 
 def iter_task_dicts(tasks: Iterable[Any], base_dir: str | Path | None = None) -> Iterator[TaskOrInvalid]:

@@ -115,6 +115,17 @@ BAD_LINES = [
     ('{"prompt_speech": "a.wav", "prompt_audio": "a.wav", "input_text": "x"}', "prompt_audio", InvalidTaskError,
      "both 'prompt_speech'"),
     ('{"input_text": "x", "output_name": "n", "uttid": "n"}', "output_name", InvalidTaskError, "both 'uttid'"),
+    # JSON can spell lone surrogates, which nothing downstream can encode as UTF-8
+    ('{"input_text": "hello \\ud800 there"}', "input_text", InvalidTaskError, "lone surrogate U+D800"),
+    ('{"input_text": "x", "prompt_text": "\\udc80"}', "prompt_text", InvalidTaskError, "lone surrogate U+DC80"),
+    ('{"input_text": "x", "prompt_audio": "v\\udfff.wav"}', "prompt_audio", InvalidTaskError, "lone surrogate"),
+    ('{"input_text": "x", "output_name": "\\udc80"}', "output_name", InvalidTaskError, "lone surrogate"),
+    ('{"input_text": "x", "output_name": "a\\ud83d"}', "output_name", InvalidTaskError, "lone surrogate"),
+    # control characters in text (espeak-ng stops reading at a NUL)
+    ('{"input_text": "before\\u0000after"}', "input_text", InvalidTaskError, "control character U+0000"),
+    ('{"input_text": "a\\u001bb"}', "input_text", InvalidTaskError, "control character U+001B"),
+    ('{"input_text": "a\\u007f"}', "input_text", InvalidTaskError, "control character U+007F"),
+    ('{"input_text": "x", "prompt_text": "a\\u0085"}', "prompt_text", InvalidTaskError, "control character U+0085"),
 ]
 
 
@@ -203,3 +214,53 @@ def test_iterable_reader_is_lazy() -> None:
 
     it = iter_task_dicts(endless())
     assert [next(it).output_name for _ in range(3)] == ["1", "2", "3"]
+
+
+def test_text_may_hold_tabs_newlines_and_escaped_surrogate_pairs(tmp_path: Path) -> None:
+    f = write_lines(tmp_path / "t.jsonl", [
+        '{"input_text": "a\\tb\\nc\\r\\n", "prompt_text": "p\\tq"}',
+        '{"input_text": "smile \\ud83d\\ude00", "output_name": "\\ud83d\\ude00"}',  # a pair is one character
+    ])
+    a, b = read(f)
+    assert isinstance(a, Task) and a.text == "a\tb\nc\r\n" and a.prompt_text == "p\tq"
+    assert isinstance(b, Task) and b.text == "smile \U0001f600" and b.output_name == "\U0001f600"
+
+
+def test_overlong_line_is_one_invalid_line_read_in_bounded_chunks(tmp_path: Path) -> None:
+    from glmtts_batch.tasks import MAX_LINE_BYTES, iter_open_task_file
+
+    longest_ok = json.dumps({"input_text": "y" * (MAX_LINE_BYTES - 20)})
+    longest_ok += " " * (MAX_LINE_BYTES - len(longest_ok))  # exactly the limit, with a CRLF ending
+    f = tmp_path / "t.jsonl"
+    f.write_bytes(b'{"input_text": "first"}\n'
+                  + json.dumps({"input_text": "x" * (2 << 20)}).encode() + b"\n"
+                  + b'{"input_text": "third"}\n'
+                  + longest_ok.encode() + b"\r\n"
+                  + b"z" * (MAX_LINE_BYTES + 1))  # one byte too many, and no final newline
+
+    class Recording:
+        """The task file, remembering the largest piece a single read returned."""
+
+        def __init__(self, raw) -> None:
+            self.raw, self.largest = raw, 0
+
+        def readline(self, limit: int = -1) -> bytes:
+            data = self.raw.readline(limit)
+            self.largest = max(self.largest, len(data))
+            return data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.raw.close()
+
+    source = Recording(open(f, "rb"))
+    items = list(iter_open_task_file(source, tmp_path))
+    assert [(type(i).__name__, i.line) for i in items] == [
+        ("Task", 1), ("InvalidLine", 2), ("Task", 3), ("Task", 4), ("InvalidLine", 5)]
+    assert str(items[1].error) == "line 2: line longer than 1 MiB" and items[1].error.field is None
+    assert str(items[4].error) == "line 5: line longer than 1 MiB"
+    assert items[2].text == "third"
+    assert source.largest <= MAX_LINE_BYTES + 2  # never a whole 2 MiB line in memory
+    assert [i.line for i in read(f)] == [1, 2, 3, 4, 5]
