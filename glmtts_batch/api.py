@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .digests import sha256_file
 from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
 from .lock import OutputLock
@@ -69,8 +69,7 @@ def run_batch(
         raise RunError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     if max_failures is not None and (isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1):
         raise RunError(f"max_failures must be a positive integer, got {max_failures!r}")
-    if isinstance(engine, str) and engine not in ("auto", "glmtts", "espeak"):
-        raise RunError(f"unknown engine {engine!r} (choose auto, glmtts or espeak)")
+    # An engine name is checked (case-insensitively) by engines.select.load_engine.
 
     task_file = None
     if isinstance(tasks, (str, os.PathLike)):
@@ -80,7 +79,7 @@ def run_batch(
         out = Path(out_dir) if out_dir is not None else Path("outputs") / path.stem
         zip_name = f"{path.stem}.zip"
         source = str(path)
-        total = count_lines(path) if progress is not False else None
+        total = _total_lines(task_file, path) if progress is not False else None
     elif isinstance(tasks, Mapping) or not isinstance(tasks, Iterable):
         raise RunError("tasks must be a task file path or an iterable of task mappings")
     else:
@@ -100,7 +99,10 @@ def run_batch(
         except OSError as e:
             raise RunError(f"cannot create output folder {str(out)!r}: {e.strerror or e}") from None
         lock.acquire()
-        clean_stale_temp_files(out)
+        try:
+            clean_stale_temp_files(out)
+        except OSError as e:
+            raise RunError(f"cannot read output folder {str(out)!r}: {e.strerror or e}") from None
         if isinstance(engine, str):
             owned_engine = engine = _load_engine(engine, options, log)
         _announce(engine, log)
@@ -115,7 +117,6 @@ def run_batch(
             fsync=fsync,
             total_lines=total,
             task_source=source,
-            key_options=_key_options(options),
         )
         return BatchRunner(engine, items, settings).run()
     finally:
@@ -126,15 +127,17 @@ def run_batch(
             task_file.close()
 
 
-def _key_options(options: EngineOptions) -> dict[str, Any]:
-    """Run-wide settings that change the audio without changing the engine's identity."""
-    key: dict[str, Any] = {"dtype": options.dtype, "flow_dtype": options.flow_dtype}
-    if options.phoneme_dict is not None:
-        try:
-            key["phoneme_dict_sha256"] = sha256_file(Path(options.phoneme_dict))
-        except OSError as e:
-            raise RunError(f"cannot read phoneme dictionary {str(options.phoneme_dict)!r}: {e.strerror or e}") from None
-    return key
+def _total_lines(task_file: Any, path: Path) -> int | None:
+    """Line count for the progress total, or None when the file cannot be read twice.
+
+    A pipe or FIFO (`run /dev/stdin`) would be drained by counting, leaving nothing to run.
+    """
+    try:
+        if not stat.S_ISREG(os.fstat(task_file.fileno()).st_mode):
+            return None
+        return count_lines(path)
+    except OSError as e:
+        raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
 
 
 def _load_engine(name: str, options: EngineOptions, log: Log) -> Engine:

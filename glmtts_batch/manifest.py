@@ -28,10 +28,19 @@ Status semantics:
 
 The manifest is streamed to a temporary file and renamed into place at the end.
 
-The journal (`.glmtts-batch/journal.jsonl`) is append-only: after each WAV is
-renamed into place, one line recording the WAV's resume key and its full ok
-record is appended, flushed and fsynced. A later run looks names up there to
-resume; a torn last line (killed mid-write) is cut off when the journal opens.
+The journal (`.glmtts-batch/journal.jsonl`) is append-only: once a WAV's temp
+file is complete and just before it is renamed into place, one line recording
+the WAV's resume key and its full ok record is appended, flushed and fsynced.
+A later run looks names up there to resume (only when the WAV on disk still has
+the recorded sha256, so an entry whose rename never happened is harmless); a
+torn last line (killed mid-write) is cut off when the journal opens. Journaling
+before the rename means every WAV this tool ever put under a final name is known
+to the journal, which is how a run tells its own WAVs (free to overwrite) from a
+user's file that happens to have a task's name (never overwritten).
+
+Records are written as UTF-8 JSON; a string that cannot be encoded (a lone
+surrogate, e.g. from a file name in a non-UTF-8 locale) is written as a JSON \\u escape rather
+than crashing the writer.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +63,6 @@ SUMMARY_NAME = "summary.json"
 JOURNAL_NAME = "journal.jsonl"
 JOURNAL_VERSION = 1
 
-STATUSES = ("ok", "failed", "invalid", "skipped")
 RECORD_KEYS = (
     "line", "output_name", "status", "wav", "duration_s", "sample_rate", "sha256",
     "engine", "model", "seed", "elapsed_s", "resumed", "reason", "error",
@@ -83,8 +91,16 @@ def error_dict(exc: BaseException, *, type_name: str | None = None) -> dict[str,
     }
 
 
-def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+def dumps(record: Any, **kw: Any) -> str:
+    """JSON text that is always encodable as UTF-8 (see the module docstring)."""
+    kw.setdefault("separators", (",", ":"))
+    text = json.dumps(record, ensure_ascii=False, default=_json_default, **kw)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate slipped in: ASCII-only JSON spells it as a \u escape instead.
+        text = json.dumps(record, ensure_ascii=True, default=_json_default, **kw)
+    return text
 
 
 def _json_default(value: Any) -> Any:
@@ -130,13 +146,12 @@ class ManifestWriter:
             pass
 
 
-def resume_key(
-    task: Task, seed: int, info: EngineInfo, prompt_sha256: str | None, run_options: dict[str, Any] | None = None
-) -> str:
+def resume_key(task: Task, seed: int, info: EngineInfo, prompt_sha256: str | None) -> str:
     """Everything that determines a task's audio. Equal keys: the old WAV can be reused.
 
-    `run_options` holds run-wide settings that change the audio but are not part of
-    the engine's identity (LLM dtype, phoneme dictionary content).
+    Run-wide settings that shape the audio (dtypes, a phoneme dictionary's content)
+    come from the engine itself (`EngineInfo.settings`): only the engine knows which
+    of its options matter, so e.g. `--dtype` does not redo espeak tasks.
     """
     material = {
         "v": JOURNAL_VERSION,
@@ -149,9 +164,9 @@ def resume_key(
         "model": info.model,
         "sample_rate": info.sample_rate,
         "output_name": task.output_name,
-        "run_options": run_options or {},
+        "settings": dict(info.settings),
     }
-    blob = json.dumps(material, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    blob = dumps(material, sort_keys=True).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -168,7 +183,7 @@ class Journal:
         state.mkdir(exist_ok=True)
         self.path = state / JOURNAL_NAME
         self._fsync = fsync
-        self._index: dict[str, int] = {}
+        self._index: dict[str, int] = {}  # name_key -> offset of that name's latest entry
         self._append = open(self.path, "ab+")
         self._load()
         self._read = open(self.path, "rb")
@@ -208,12 +223,18 @@ class Journal:
             return None
         return record
 
+    def knows(self, output_name: str) -> bool:
+        """Whether an earlier (or this) run journaled a WAV under this name."""
+        return name_key(output_name) in self._index
+
     def append(self, key: str, record: dict[str, Any]) -> None:
         entry = {"v": JOURNAL_VERSION, "key": key, "output_name": record["output_name"], "record": record}
+        offset = self._append.tell()
         self._append.write((dumps(entry) + "\n").encode("utf-8"))
         self._append.flush()
         if self._fsync:
             os.fsync(self._append.fileno())
+        self._index[name_key(record["output_name"])] = offset
 
     def close(self) -> None:
         self._append.close()
@@ -237,11 +258,12 @@ def _parse_entry(raw: bytes) -> dict[str, Any] | None:
 
 def write_summary(out_dir: Path, summary: dict[str, Any], *, fsync: bool = True) -> Path:
     path = out_dir / SUMMARY_NAME
-    text = json.dumps(summary, ensure_ascii=False, indent=2, default=_json_default) + "\n"
+    text = dumps(summary, indent=2, separators=None) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
     return path
 
 
 def engine_info_dict(info: EngineInfo) -> dict[str, Any]:
-    return asdict(info)
+    # Not asdict(): `settings` may be any Mapping (e.g. a read-only proxy), written as a dict.
+    return {f.name: getattr(info, f.name) for f in fields(info)} | {"settings": dict(info.settings)}
 

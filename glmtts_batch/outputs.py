@@ -15,7 +15,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,16 +54,31 @@ def pcm16_wav_bytes(audio: np.ndarray, sample_rate: int) -> tuple[bytes, int]:
     return buffer.getvalue(), pcm.size
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int, *, fsync: bool = True) -> WavInfo:
-    """Atomically write `audio` as 16-bit PCM mono WAV at `path`; return its hash and length."""
+def write_wav(
+    path: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    fsync: bool = True,
+    before_replace: Callable[[WavInfo], None] | None = None,
+) -> WavInfo:
+    """Atomically write `audio` as 16-bit PCM mono WAV at `path`; return its hash and length.
+
+    `before_replace(info)` runs once the temp file is complete, just before the rename
+    (the batch loop journals the WAV there); if it raises, `path` is left untouched.
+    """
     image, samples = pcm16_wav_bytes(audio, sample_rate)
-    write_bytes_atomic(path, image, fsync=fsync)
-    return WavInfo(
+    info = WavInfo(
         sha256=hashlib.sha256(image).hexdigest(),
         duration_s=round(samples / sample_rate, 6),
         samples=samples,
         sample_rate=sample_rate,
     )
+    with atomic_target(path, fsync=fsync) as tmp:
+        tmp.write_bytes(image)
+        if before_replace is not None:
+            before_replace(info)
+    return info
 
 
 def temp_path(final: Path) -> Path:

@@ -9,6 +9,14 @@ manifest has one record per line) but recorded as `skipped` with a `reason`.
 
 Signals: the first SIGINT/SIGTERM lets the current task finish; a second one
 abandons it (it is recorded as skipped/interrupted and its temp files removed).
+The abandonment is also remembered as a flag, because an engine may swallow the
+exception (a broad `except BaseException`, or a ctypes callback, which prints and
+discards it) and return partial audio: a task whose call was abandoned is never
+written or journaled, whatever the engine did with the exception.
+
+A task never replaces a file under its final WAV name that this tool did not
+write (one the output folder's journal does not know, e.g. the voice prompt
+itself with `--out .`): that task is `failed` with field `output_name`.
 Exit codes: 0 all ok or resumed; 1 a task failed or a line was invalid;
 130 interrupted by SIGINT, 143 by SIGTERM (2, a run that cannot start, is
 raised as `RunError` before the loop).
@@ -17,17 +25,18 @@ raised as `RunError` before the loop).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .digests import FileDigests
 from .engines.base import Engine, Synthesis, SynthesisRequest
-from .errors import TaskError
+from .errors import RunError, TaskError
 from .manifest import (
     Journal,
     ManifestWriter,
@@ -37,7 +46,7 @@ from .manifest import (
     resume_key,
     write_summary,
 )
-from .outputs import write_wav, write_zip
+from .outputs import WavInfo, write_wav, write_zip
 from .progress import Progress
 from .tasks import InvalidLine, Task, TaskOrInvalid
 
@@ -87,7 +96,6 @@ class RunSettings:
     fsync: bool = True
     total_lines: int | None = None
     task_source: str | None = None
-    key_options: dict[str, Any] = field(default_factory=dict)  # run-wide inputs of the resume key
 
 
 class _Abandon(BaseException):
@@ -99,6 +107,7 @@ class SignalGuard:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.abandoned = False  # a second signal abandoned the current engine call
         self._in_engine = False
         self._previous: dict[int, Any] = {}
 
@@ -118,15 +127,24 @@ class SignalGuard:
         self.signum = self.signum or signum
         if already and self._in_engine:
             self._in_engine = False
+            self.abandoned = True  # first: the engine may swallow the exception below
             raise _Abandon()
 
     @contextlib.contextmanager
     def engine_call(self) -> Iterator[None]:
+        """Runs the engine; raises `_Abandon` if a second signal came, however the engine returned."""
+        self.abandoned = False
         self._in_engine = True
         try:
             yield
+        except BaseException:
+            if self.abandoned:
+                raise _Abandon() from None  # the engine turned it into another error
+            raise
         finally:
             self._in_engine = False
+        if self.abandoned:
+            raise _Abandon()  # the engine swallowed it and returned (possibly partial) audio
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -162,11 +180,16 @@ class BatchRunner:
         start = time.monotonic()
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         progress = Progress(s.total_lines, enabled=s.progress)
-        journal = self._journal = Journal(s.out_dir, fsync=s.fsync)
+        try:
+            journal = self._journal = Journal(s.out_dir, fsync=s.fsync)
+        except OSError as e:
+            raise RunError(f"cannot open the resume journal {e.filename or s.out_dir}: {e.strerror or e}") from None
         try:
             manifest = ManifestWriter(s.out_dir, fsync=s.fsync)
-        except BaseException:
+        except BaseException as e:
             journal.close()
+            if isinstance(e, OSError):
+                raise RunError(f"cannot write the manifest {e.filename or s.out_dir}: {e.strerror or e}") from None
             raise
         try:
             for item in self.items:
@@ -285,12 +308,21 @@ class BatchRunner:
         seed = record["seed"]
         try:
             prompt_sha = self.hash_prompt(task.prompt_audio) if task.prompt_audio else None
-            key = resume_key(task, seed, self.info, prompt_sha, self.s.key_options)
+            key = resume_key(task, seed, self.info, prompt_sha)
             if self.s.resume:
                 old = self._journal.lookup(task, key)
                 if old is not None:
                     self.resumed += 1
                     return self._resumed_record(record, old)
+            wav_name = f"{task.output_name}.wav"
+            wav_path = self.s.out_dir / wav_name
+            # Checked before synthesis so no time is spent on audio that cannot be written.
+            if os.path.lexists(wav_path) and not self._journal.knows(task.output_name):
+                raise TaskError(
+                    f"{str(wav_path)!r} already exists and was not written by glmtts-batch; "
+                    "refusing to replace it (rename the task's output_name, move the file, or choose another --out)",
+                    field="output_name",
+                )
             request = SynthesisRequest(
                 text=task.text,
                 prompt_audio=task.prompt_audio,
@@ -302,15 +334,24 @@ class BatchRunner:
                 synthesis = self.engine.synthesize(request)
             if not isinstance(synthesis, Synthesis):
                 raise TaskError(f"engine returned {type(synthesis).__name__}, expected Synthesis")
-            wav_name = f"{task.output_name}.wav"
-            info = write_wav(self.s.out_dir / wav_name, synthesis.audio, synthesis.sample_rate, fsync=self.s.fsync)
+
+            def journal(info: WavInfo) -> None:
+                # Journaled before the rename, so no WAV of ours is ever unknown to the journal.
+                self._ok_record(record, wav_name, info, synthesis)
+                self._journal.append(key, record)
+
+            write_wav(wav_path, synthesis.audio, synthesis.sample_rate, fsync=self.s.fsync, before_replace=journal)
         except _Abandon:
+            record = self._base_record(task)  # drop whatever an ok record had been given
             record.update(status="skipped", reason="interrupted")
             self.stop_reason = "interrupted"
             return record
         except Exception as exc:  # noqa: BLE001 - one task's failure must not end the run
-            return self._failed_record(record, exc)
+            return self._failed_record(self._base_record(task), exc)
+        return record
 
+    @staticmethod
+    def _ok_record(record: dict[str, Any], wav_name: str, info: WavInfo, synthesis: Synthesis) -> None:
         record.update(
             status="ok",
             wav=wav_name,
@@ -320,8 +361,6 @@ class BatchRunner:
             warnings=[str(w) for w in synthesis.warnings],
             details=dict(synthesis.details),
         )
-        self._journal.append(key, record)
-        return record
 
     def _failed_record(self, record: dict[str, Any], exc: Exception) -> dict[str, Any]:
         oom = is_out_of_memory(exc)

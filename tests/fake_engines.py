@@ -20,8 +20,10 @@ from glmtts_batch.errors import TaskError
 class FakeEngine:
     """A short deterministic tone per task; counts calls."""
 
-    def __init__(self, *, sample_rate: int = 16000, samples: int = 1600, name: str = "fake", model: str = "fake-v1") -> None:
-        self.info = EngineInfo(name=name, model=model, sample_rate=sample_rate, device="cpu", clones_voice=True)
+    def __init__(self, *, sample_rate: int = 16000, samples: int = 1600, name: str = "fake", model: str = "fake-v1",
+                 settings: dict[str, Any] | None = None) -> None:
+        self.info = EngineInfo(name=name, model=model, sample_rate=sample_rate, device="cpu", clones_voice=True,
+                               settings=settings or {})
         self.samples = samples
         self.requests: list[SynthesisRequest] = []
         self.free_memory_calls = 0
@@ -143,6 +145,7 @@ class WarningEngine(FakeEngine):
 
 # A tiny driver so subprocess tests (kill, signals, lock, memory) can run a batch with a fake engine:
 #   python tests/fake_engines.py TASKS OUT [--engine fake|slow|noop] [--delay S] [--no-zip] [--fsync] [--rss]
+#                                [--progress]
 
 
 def _driver(argv: list[str] | None = None) -> int:
@@ -161,12 +164,14 @@ def _driver(argv: list[str] | None = None) -> int:
     p.add_argument("--no-zip", action="store_true")
     p.add_argument("--fsync", action="store_true")
     p.add_argument("--rss", action="store_true", help="print peak RSS (KiB) before and after the run")
+    p.add_argument("--progress", action="store_true", help="progress log lines on stderr")
     a = p.parse_args(argv)
 
     engine = {"fake": FakeEngine, "noop": NoOpEngine, "slow": lambda: SlowEngine(a.delay)}[a.engine]()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
-        s = run_batch(a.tasks, a.out, engine=engine, make_zip=not a.no_zip, fsync=a.fsync, progress=False,
+        s = run_batch(a.tasks, a.out, engine=engine, make_zip=not a.no_zip, fsync=a.fsync,
+                      progress=None if a.progress else False,
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
@@ -155,6 +154,32 @@ def test_check_reports_every_line_and_exit_codes(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "cannot read task file" in r.output
 
 
+def test_run_with_a_state_path_that_is_a_file_exits_2(tmp_path: Path, loader) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".glmtts-batch").write_text("not a folder")
+    r = CliRunner().invoke(main, ["run", str(f), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)  # no traceback
+    assert "error: cannot create the lock file" in r.output and str(out / ".glmtts-batch") in r.output
+    assert loader.calls == []
+
+
+def test_check_reports_lone_surrogates_and_control_characters(tmp_path: Path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"input_text": "hello \\ud800 there"}\n{"input_text": "x", "output_name": "\\udc80"}\n'
+                 '{"input_text": "x", "\\udfff": 1}\n{"input_text": "nul\\u0000"}\n{"input_text": "fine"}\n')
+    r = invoke(["check", str(f), "--errors-only"])
+    assert r.exit_code == 1
+    assert "line 1: invalid [input_text] InvalidTaskError: line 1: input_text is not valid Unicode text" in r.output
+    assert "line 2: invalid [output_name]" in r.output and "lone surrogate" in r.output
+    assert "line 3: invalid [\\udfff] InvalidTaskError: line 3: unknown field" in r.output
+    assert "line 4: invalid [input_text] InvalidTaskError: line 4: input_text contains control character U+0000" \
+        in r.output
+    assert "1 valid, 4 invalid" in r.output
+
+
 def test_check_validates_a_checkpoint_folder(tmp_path: Path, monkeypatch) -> None:
     good = write_tasks(tmp_path / "good.jsonl", [{"input_text": "a"}])
     seen: list = []
@@ -187,8 +212,6 @@ def test_check_loads_no_engine(tmp_path: Path, monkeypatch) -> None:
     assert invoke(["check", str(f)]).exit_code == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("glmtts_batch.engines.select") is None,
-                    reason="glmtts_batch.engines.select not available yet")
 def test_espeak_engine_end_to_end(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("GLMTTS_MODEL_DIR", raising=False)
     (tmp_path / "voice.wav").write_bytes(b"not used by espeak")

@@ -72,7 +72,7 @@ def test_ok_run_writes_valid_wavs_manifest_summary_and_zip(tmp_path: Path) -> No
     assert summary["counts"] == {"ok": 3, "failed": 0, "invalid": 0, "skipped": 0}
     assert summary["audio_seconds"] == pytest.approx(0.3)
     assert summary["engine"] == {"name": "fake", "model": "fake-v1", "sample_rate": 16000, "device": "cpu",
-                                 "clones_voice": True}
+                                 "clones_voice": True, "settings": {}}
     assert summary["engine_stats"] == {"calls": 3}
     assert summary["exit_code"] == 0 and summary["wall_seconds"] >= 0
 
@@ -218,7 +218,7 @@ def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None
     with zipfile.ZipFile(out / "t.zip") as zf:
         assert sorted(zf.namelist()) == ["a.wav", "b.wav", "c.wav", "d.wav", "manifest.jsonl", "summary.json"]
 
-    # changed text, changed prompt CONTENT (same path), tampered WAV, changed seed: redone
+    # changed text, changed prompt CONTENT (same path), tampered WAV: redone (same run seed)
     tasks[0]["input_text"] = "ALPHA"
     (tmp_path / "voice.wav").write_bytes(b"prompt v2 (longer)")
     (out / "c.wav").write_bytes(b"corrupted")
@@ -241,26 +241,33 @@ def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None
     assert len(engine.requests) == 4
 
 
-def test_phoneme_flag_reaches_engine_and_phoneme_dict_is_part_of_the_resume_key(tmp_path: Path) -> None:
-    from glmtts_batch.engines.base import EngineOptions
-
+def test_phoneme_flag_reaches_engine_and_manifest(tmp_path: Path) -> None:
     f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}, {"input_text": "b", "phoneme": False},
                                            {"input_text": "c", "phoneme": True}])
-    words = tmp_path / "words.jsonl"
-    words.write_text('{"word": "x", "pinyin": "xi1"}\n')
     out = tmp_path / "out"
     engine = FakeEngine()
-    run(f, out, engine=engine, options=EngineOptions(phoneme_dict=words))
+    run(f, out, engine=engine)
     assert [r.phoneme for r in engine.requests] == [None, False, True]  # None: the run default
     assert [r["phoneme"] for r in manifest(out)] == [None, False, True]
-    assert run(f, out, options=EngineOptions(phoneme_dict=words)).resumed == 3
-    words.write_text('{"word": "x", "pinyin": "xi2"}\n')  # new dictionary content: redo
-    assert run(f, out, options=EngineOptions(phoneme_dict=words)).ok == 3
-    assert run(f, out, options=EngineOptions(phoneme_dict=words, dtype="bf16")).ok == 3
-    assert run(f, out, options=EngineOptions(phoneme_dict=words, dtype="bf16", flow_dtype="fp16")).ok == 3
-    assert run(f, out, options=EngineOptions(phoneme_dict=words, dtype="bf16", flow_dtype="fp16")).resumed == 3
-    with pytest.raises(RunError, match="phoneme dictionary"):
-        run(f, out, options=EngineOptions(phoneme_dict=tmp_path / "missing.jsonl"))
+    assert run(f, out).resumed == 3
+
+
+def test_engine_settings_are_part_of_the_resume_key_and_engine_options_are_not(tmp_path: Path) -> None:
+    from glmtts_batch.engines.base import EngineOptions
+
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}, {"input_text": "b"}])
+    out = tmp_path / "out"
+    fp32 = {"dtype": "fp32", "phoneme_dict_sha256": "aa"}
+    assert run(f, out, engine=FakeEngine(settings=fp32)).ok == 2
+    assert run(f, out, engine=FakeEngine(settings=dict(fp32))).resumed == 2
+    # A setting the engine declares as shaping its audio (dtype, dictionary content): redo.
+    assert run(f, out, engine=FakeEngine(settings={**fp32, "dtype": "bf16"})).ok == 2
+    assert run(f, out, engine=FakeEngine(settings={**fp32, "dtype": "bf16", "phoneme_dict_sha256": "bb"})).ok == 2
+    # Options the engine does not declare (espeak has no dtype) leave its key alone.
+    assert run(f, out, engine=FakeEngine(settings={**fp32, "dtype": "bf16", "phoneme_dict_sha256": "bb"}),
+               options=EngineOptions(dtype="fp16", flow_dtype="fp16")).resumed == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"]["settings"] == {"dtype": "bf16", "phoneme_dict_sha256": "bb"}
 
 
 def test_resume_tolerates_torn_journal_and_cleans_stale_temp_files(tmp_path: Path) -> None:
@@ -270,8 +277,10 @@ def test_resume_tolerates_torn_journal_and_cleans_stale_temp_files(tmp_path: Pat
     journal = out / ".glmtts-batch" / "journal.jsonl"
     lines = journal.read_bytes().splitlines(keepends=True)
     assert len(lines) == 3
-    # a run killed mid-append leaves half a line; a killed WAV write leaves a temp file
+    # a run killed mid-append leaves half a line (and, as the entry is written before the
+    # rename, no WAV under the final name); a killed WAV write leaves a temp file
     journal.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    (out / "3.wav").unlink()
     (out / f"{TEMP_PREFIX}999-3.wav").write_bytes(b"half a wav")
     engine = FakeEngine()
     s = run(f, out, engine=engine)
@@ -334,7 +343,6 @@ def test_no_zip(tmp_path: Path) -> None:
     ({"max_failures": 0}, "max_failures"),
     ({"seed": -1}, "seed"),
     ({"seed": "7"}, "seed"),
-    ({"engine": "nope"}, "unknown engine"),
 ])
 def test_bad_arguments_raise_run_error(tmp_path: Path, kwargs: dict, words: str) -> None:
     f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
@@ -342,6 +350,20 @@ def test_bad_arguments_raise_run_error(tmp_path: Path, kwargs: dict, words: str)
     with pytest.raises(RunError, match=words):
         run_batch(f, tmp_path / "out", progress=False, **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_engine_names_are_checked_case_insensitively_when_loading(tmp_path: Path, monkeypatch) -> None:
+    import glmtts_batch.engines.select as select
+
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    with pytest.raises(RunError, match="unknown engine 'nope'"):
+        run_batch(f, tmp_path / "out", engine="nope", progress=False)
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+    picked: list[str] = []
+    monkeypatch.setattr(select, "_load_espeak", lambda options, log: picked.append("espeak") or FakeEngine())
+    assert run(f, tmp_path / "out", engine="ESPEAK").ok == 1  # select lower-cases; the API does not refuse it
+    assert picked == ["espeak"]
 
 
 def test_unreadable_task_file_and_missing_out_dir_are_run_errors(tmp_path: Path) -> None:
@@ -386,3 +408,140 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "5/10" in shown and "ok=1 failed=1" in shown and "audio s/s" in shown
     assert "lines," not in shown  # the bar, not the log-line style
     assert (p.counts["ok"], p.counts["failed"], p.audio_s) == (1, 1, 2.0)
+
+
+def test_second_signal_abandons_the_task_even_if_the_engine_swallows_it(tmp_path: Path) -> None:
+    """An engine that catches BaseException (or espeak's ctypes callback, which drops it) must not
+    turn an abandoned call into a journaled WAV with a gap: the guard's flag decides."""
+    import signal
+
+    class Swallowing(FakeEngine):
+        def synthesize(self, request):
+            if request.text == "long":
+                for _ in range(2):  # first signal: finish up; second: abandon this call
+                    try:
+                        signal.raise_signal(signal.SIGTERM)
+                    except BaseException:  # noqa: BLE001 - the behaviour under test
+                        pass
+            return super().synthesize(request)  # returns audio as if nothing happened
+
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}, {"input_text": "long"}, {"input_text": "c"}])
+    out = tmp_path / "out"
+    s = run(f, out, engine=Swallowing())
+    assert (s.ok, s.skipped, s.interrupted, s.exit_code) == (1, 2, "SIGTERM", 143)
+    records = manifest(out)
+    assert [(r["status"], r["reason"], r["wav"]) for r in records] == [
+        ("ok", None, "1.wav"), ("skipped", "interrupted", None), ("skipped", "interrupted", None)]
+    assert sorted(p.name for p in out.glob("*.wav")) == ["1.wav"]
+    journal = (out / ".glmtts-batch" / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(x)["output_name"] for x in journal] == ["1"]  # the abandoned task is not journaled
+    assert run(f, out).ok == 2  # and it is redone on resume
+
+
+def test_lone_surrogates_are_invalid_lines_and_the_run_completes(tmp_path: Path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"input_text": "hello \\ud800 there"}\n'
+                 '{"input_text": "x", "output_name": "\\udc80"}\n'
+                 '{"input_text": "x", "\\udfff": 1}\n'
+                 '{"input_text": "fine"}\n', encoding="ascii")
+    out = tmp_path / "out"
+    s = run(f, out)
+    assert (s.ok, s.invalid, s.exit_code) == (1, 3, 1)
+    records = manifest(out)
+    assert [(r["line"], r["status"], r["error"] and r["error"]["field"]) for r in records] == [
+        (1, "invalid", "input_text"), (2, "invalid", "output_name"), (3, "invalid", "\\udfff"), (4, "ok", None)]
+    assert "lone surrogate" in records[0]["error"]["message"]
+    assert records[1]["output_name"] == "\\udc80"  # kept, as printable backslash text
+    assert json.loads((out / "summary.json").read_text())["counts"]["invalid"] == 3
+    with zipfile.ZipFile(out / "t.zip") as zf:
+        assert sorted(zf.namelist()) == ["4.wav", "manifest.jsonl", "summary.json"]
+
+
+def test_manifest_writer_escapes_what_utf8_cannot_encode() -> None:
+    from glmtts_batch.manifest import dumps
+
+    text = dumps({"prompt_audio": "/data/caf\udce9.wav", "ok": "café"})
+    assert json.loads(text) == {"prompt_audio": "/data/caf\udce9.wav", "ok": "café"}
+    text.encode("utf-8")  # no UnicodeEncodeError
+    assert dumps({"ok": "café"}) == '{"ok":"café"}'  # readable UTF-8 whenever possible
+
+
+def test_invalid_line_with_the_default_name_keeps_it(tmp_path: Path) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": ""}, "{bad", {"input_text": 3, "uttid": "u"}])
+    run(f, tmp_path / "out")
+    assert [(r["status"], r["output_name"]) for r in manifest(tmp_path / "out")] == [
+        ("invalid", "1"), ("invalid", None), ("invalid", "u")]
+
+
+def test_task_file_from_a_pipe_is_read_once(tmp_path: Path) -> None:
+    """`glmtts-batch run /dev/stdin`: counting lines for the progress total would drain the pipe
+    (and a FIFO's second open would wait for a writer forever), so only regular files are counted."""
+    import os
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    data = "".join(json.dumps({"input_text": t}) + "\n" for t in ["a", "b", "c"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    fifo = tmp_path / "tasks.fifo"
+    os.mkfifo(fifo)
+    for source, stdin in [("/dev/stdin", data), (str(fifo), None)]:
+        out = tmp_path / f"out-{Path(source).name}"
+        cmd = [sys.executable, str(tests / "fake_engines.py"), source, str(out), "--progress"]
+        if stdin is None:  # a FIFO fed by another process
+            cmd = ["sh", "-c", f'printf %s "$0" > {fifo} & exec "$@"', data, *cmd]
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["ok"] == 3
+        assert [r["output_name"] for r in manifest(out)] == ["1", "2", "3"]
+        assert "glmtts-batch: 3 lines," in done.stderr  # progress still reports, without a total
+
+
+def test_a_file_this_tool_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    """`--out .` beside narrator.wav with output_name "narrator" must not overwrite the prompt."""
+    narrator = tmp_path / "narrator.wav"
+    narrator.write_bytes(b"the user's recording")
+    f = write_tasks(tmp_path / "t.jsonl", [
+        {"input_text": "a", "output_name": "narrator", "prompt_audio": "narrator.wav"},
+        {"input_text": "b", "output_name": "mine"},
+    ])
+    engine = FakeEngine()
+    s = run(f, tmp_path, engine=engine)
+    assert (s.ok, s.failed, s.exit_code) == (1, 1, 1)
+    assert narrator.read_bytes() == b"the user's recording"
+    record = manifest(tmp_path)[0]
+    assert (record["status"], record["wav"], record["error"]["field"]) == ("failed", None, "output_name")
+    assert "already exists and was not written by glmtts-batch" in record["error"]["message"]
+    assert "narrator.wav" in record["error"]["message"]
+    assert [r.text for r in engine.requests] == ["b"]  # refused before synthesis
+    assert run(f, tmp_path, resume=False).failed == 1  # --no-resume does not change that
+    assert narrator.read_bytes() == b"the user's recording"
+
+
+def test_own_wavs_are_replaced_on_redo_and_no_resume(tmp_path: Path) -> None:
+    tasks = [{"input_text": "a", "output_name": "x"}]
+    f = write_tasks(tmp_path / "t.jsonl", tasks)
+    out = tmp_path / "out"
+    first = run(f, out)
+    assert first.ok == 1
+    old = (out / "x.wav").read_bytes()
+    assert run(f, out, resume=False).ok == 1  # --no-resume rewrites our own WAV
+    tasks[0]["input_text"] = "changed text"
+    f = write_tasks(tmp_path / "t.jsonl", tasks)
+    assert run(f, out).ok == 1  # a changed task rewrites it too
+    assert (out / "x.wav").read_bytes() != old
+    assert run(f, out).resumed == 1
+
+
+def test_start_up_os_errors_are_run_errors_naming_the_path(tmp_path: Path) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".glmtts-batch").write_text("a file where the state folder belongs")
+    with pytest.raises(RunError, match=r"\.glmtts-batch"):
+        run(f, out)
+
+    out2 = tmp_path / "out2"
+    (out2 / ".glmtts-batch" / "journal.jsonl").mkdir(parents=True)
+    with pytest.raises(RunError, match="journal.jsonl"):
+        run(f, out2)
