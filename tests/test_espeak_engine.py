@@ -291,3 +291,46 @@ def test_exception_raised_during_synthesis_propagates_and_aborts_it(engine: Espe
     assert "Exception ignored" not in capfd.readouterr().err
     # the aborted synthesis left nothing behind: the next one is complete and unchanged
     assert np.array_equal(engine.synthesize(request(ENGLISH)).audio, reference)
+
+
+def test_second_signal_during_espeak_synthesis_abandons_the_task(engine: EspeakEngine, tmp_path: Path) -> None:
+    """The batch loop's abandon exception is raised inside espeak's callback; the task must be
+    recorded skipped/interrupted, not written as a WAV with a gap and journaled as ok."""
+    import json
+    import os
+    import signal
+    import time
+
+    from glmtts_batch import run_batch
+
+    class SignalledTwice:
+        """espeak, with SIGTERM sent twice shortly after synthesis starts (as a user would)."""
+
+        def __init__(self) -> None:
+            self.info = engine.info
+
+        def synthesize(self, req: SynthesisRequest):
+            def send() -> None:
+                for delay in (0.05, 0.1):
+                    time.sleep(delay)
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            threading.Thread(target=send, daemon=True).start()
+            return engine.synthesize(req)
+
+        def free_memory(self) -> None: ...
+
+        def stats(self) -> dict:
+            return {}
+
+        def close(self) -> None: ...
+
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"input_text": " ".join([ENGLISH] * 200)}) + "\n")  # about a second of work
+    out = tmp_path / "out"
+    summary = run_batch(tasks, out, engine=SignalledTwice(), progress=False, fsync=False, log=lambda m: None)
+    assert (summary.ok, summary.skipped, summary.interrupted, summary.exit_code) == (0, 1, "SIGTERM", 143)
+    (record,) = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert (record["status"], record["reason"], record["wav"]) == ("skipped", "interrupted", None)
+    assert not list(out.glob("*.wav"))
+    assert (out / ".glmtts-batch" / "journal.jsonl").read_bytes() == b""
