@@ -53,3 +53,20 @@ def test_peak_memory_does_not_grow_with_the_task_file(tmp_path: Path) -> None:
     per_line = (growth[200_000] - growth[20_000]) / 180_000
     # The name set costs ~150 bytes a line; keeping lines or records would cost well over 500.
     assert per_line < 300, f"peak RSS grows by {per_line:.0f} bytes per task line"
+
+
+def test_an_overlong_line_is_not_held_in_memory(tmp_path: Path) -> None:
+    """A runaway 64 MiB line (a 300 MB one took RSS to ~1 GB) is skipped in chunks and recorded invalid."""
+    tasks = tmp_path / "t.jsonl"
+    with open(tasks, "wb") as f:
+        f.write(b'{"input_text": "first"}\n{"input_text": "')
+        for _ in range(64):
+            f.write(b"x" * (1 << 20))
+        f.write(b'"}\n{"input_text": "third"}\n')
+    result = run_driver(tasks, tmp_path / "out")
+    assert result["ok"] == 2
+    records = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["status"]) for r in records] == [(1, "ok"), (2, "invalid"), (3, "ok")]
+    assert records[1]["error"]["message"] == "line 2: line longer than 1 MiB"
+    growth = (result["rss_after_kib"] - result["rss_before_kib"]) * 1024
+    assert growth < 16 << 20, f"peak RSS grew by {growth >> 20} MiB"
