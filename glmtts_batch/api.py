@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
@@ -79,7 +79,11 @@ def run_batch(
         out = Path(out_dir) if out_dir is not None else Path("outputs") / path.stem
         zip_name = f"{path.stem}.zip"
         source = str(path)
-        total = _total_lines(task_file, path) if progress is not False else None
+        try:
+            total = _total_lines(task_file, path) if progress is not False else None
+        except RunError:
+            task_file.close()
+            raise
     elif isinstance(tasks, Mapping) or not isinstance(tasks, Iterable):
         raise RunError("tasks must be a task file path or an iterable of task mappings")
     else:
@@ -127,7 +131,7 @@ def run_batch(
             task_file.close()
 
 
-def _total_lines(task_file: Any, path: Path) -> int | None:
+def _total_lines(task_file: BinaryIO, path: Path) -> int | None:
     """Line count for the progress total, or None when the file cannot be read twice.
 
     A pipe or FIFO (`run /dev/stdin`) would be drained by counting, leaving nothing to run.

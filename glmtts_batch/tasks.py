@@ -74,7 +74,11 @@ class Task:
 
 @dataclass(frozen=True)
 class InvalidLine:
-    """A line that could not become a task. `output_name` is kept when it was usable."""
+    """A line that could not become a task.
+
+    `output_name` is the name the line asked for (lone surrogates as backslash escapes), or
+    its default, the line number, when it gave none; None when the line is not an object.
+    """
 
     line: int
     error: TaskError
