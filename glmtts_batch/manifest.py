@@ -19,7 +19,9 @@ input order. Every record has the same keys (null where not applicable):
 
 Status semantics:
     ok       synthesised in this run; the WAV is written.
-    failed   the line was valid but synthesis (or writing) raised; the run went on.
+    failed   the line was valid but synthesis (or writing) raised; the run went on. Also
+             when a file this tool did not write already has the task's WAV name
+             (error field `output_name`): it is never replaced.
     invalid  the line failed validation (bad JSON, wrong type, unsafe name, ...).
     skipped  either resumed (`resumed: true`, `reason: "resumed"`: an earlier run
              wrote a WAV whose hash the journal recorded for these exact inputs;

@@ -45,6 +45,7 @@ def test_engine_info_describes_espeak(engine: EspeakEngine) -> None:
     assert engine.info.clones_voice is False
     assert engine.info.device == "cpu"
     assert engine.info.sample_rate == 24000
+    assert engine.info.settings == {"han_voice": "cmn", "latin_voice": "en"}  # what shapes its audio
     version = engine.info.model.removeprefix("espeak-ng ")
     assert version != engine.info.model and version[0].isdigit(), engine.info.model
 

@@ -343,6 +343,8 @@ class EspeakEngine:
             sample_rate=sample_rate,
             device="cpu",
             clones_voice=False,
+            # The voices shape the audio (part of the resume key); dtypes and the like do not apply.
+            settings={"han_voice": han_voice, "latin_voice": latin_voice},
         )
         self._tasks = 0
         self._characters = 0
