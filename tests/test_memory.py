@@ -60,8 +60,7 @@ def test_an_overlong_line_is_not_held_in_memory(tmp_path: Path) -> None:
     tasks = tmp_path / "t.jsonl"
     with open(tasks, "wb") as f:
         f.write(b'{"input_text": "first"}\n{"input_text": "')
-        for _ in range(64):
-            f.write(b"x" * (1 << 20))
+        f.writelines(b"x" * (1 << 20) for _ in range(64))
         f.write(b'"}\n{"input_text": "third"}\n')
     result = run_driver(tasks, tmp_path / "out")
     assert result["ok"] == 2

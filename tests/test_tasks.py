@@ -255,7 +255,7 @@ def test_overlong_line_is_one_invalid_line_read_in_bounded_chunks(tmp_path: Path
         def __exit__(self, *exc) -> None:
             self.raw.close()
 
-    source = Recording(open(f, "rb"))
+    source = Recording(open(f, "rb"))  # noqa: SIM115 - iter_open_task_file closes it
     items = list(iter_open_task_file(source, tmp_path))
     assert [(type(i).__name__, i.line) for i in items] == [
         ("Task", 1), ("InvalidLine", 2), ("Task", 3), ("Task", 4), ("InvalidLine", 5)]
