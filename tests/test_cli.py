@@ -107,6 +107,9 @@ def test_run_that_cannot_start_exits_2(tmp_path: Path, loader, monkeypatch) -> N
     assert r.exit_code == 2 and "16000" in r.output
     r = invoke(["run", str(f), "--max-failures", "0"])
     assert r.exit_code == 2
+    # the phoneme dictionary is hashed by the engine (EngineInfo.settings); its absence is caught here
+    r = invoke(["run", str(f), "--phoneme-dict", str(tmp_path / "missing.jsonl")])
+    assert r.exit_code == 2 and "missing.jsonl" in r.output and "does not exist" in r.output
 
     def broken(name, options, log):
         raise EngineLoadError("the glmtts engine needs a GLM-TTS checkpoint and none is configured")
