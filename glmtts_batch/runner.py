@@ -335,12 +335,12 @@ class BatchRunner:
             if not isinstance(synthesis, Synthesis):
                 raise TaskError(f"engine returned {type(synthesis).__name__}, expected Synthesis")
 
-            def journal(info: WavInfo) -> None:
+            def record_in_journal(info: WavInfo) -> None:
                 # Journaled before the rename, so no WAV of ours is ever unknown to the journal.
                 self._ok_record(record, wav_name, info, synthesis)
                 self._journal.append(key, record)
 
-            write_wav(wav_path, synthesis.audio, synthesis.sample_rate, fsync=self.s.fsync, before_replace=journal)
+            write_wav(wav_path, synthesis.audio, synthesis.sample_rate, fsync=self.s.fsync, before_replace=record_in_journal)
         except _Abandon:
             record = self._base_record(task)  # drop whatever an ok record had been given
             record.update(status="skipped", reason="interrupted")
