@@ -240,12 +240,6 @@ class MelExtractor:
         return self(wav)[0].transpose(0, 1).contiguous()
 
 
-def mel_spectrogram(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """(B, N) waveform -> (B, 80, T) prompt log-mel. Builds a fresh `MelExtractor`; keep one
-    around instead when calling this repeatedly."""
-    return MelExtractor(sample_rate)(wav)
-
-
 def slaney_mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     """Slaney-scale, Slaney-normalised triangular filters, (n_mels, n_fft//2+1) float32.
 

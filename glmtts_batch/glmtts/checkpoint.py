@@ -41,14 +41,6 @@ class CheckpointLayout:
     vocos_script: Path  # 32 kHz vocoder (TorchScript)
     campplus: Path
 
-    @property
-    def llm_weights(self) -> Path:
-        index = self.llm_dir / "model.safetensors.index.json"
-        return index if index.exists() else self.llm_dir / "model.safetensors"
-
-    def vocoder_for(self, sample_rate: int) -> Path:
-        return self.hift_weights if sample_rate == 24000 else self.vocos_script
-
     def fingerprint(self) -> str:
         """A short identity for the manifest and resume keys.
 

@@ -209,7 +209,7 @@ class GlmTtsEngine:
                 generator=generator,
             )
             clock.lap("flow")
-            wav = self._vocode(mel.float(), generator)  # vocoders run in float32 whatever the flow's dtype
+            wav = self._vocode(mel, generator)
             clock.lap("vocoder")
             waves.append(wav[0].float().cpu().numpy())
         if not waves:

@@ -259,16 +259,6 @@ class GenerationStats:
     def tokens_per_s(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "generated_tokens": self.generated_tokens,
-            "seconds": self.seconds,
-            "tokens_per_s": self.tokens_per_s,
-            "stop_reason": self.stop_reason,
-            "ras_fallbacks": self.ras_fallbacks,
-        }
-
 
 @dataclass(frozen=True)
 class PromptHistoryEntry:
@@ -385,7 +375,6 @@ class SpeechLM(nn.Module):
 
         return load_module(build, state, where=str(weights), device=device, dtype=dtype)
 
-    from_checkpoint = load
 
     @property
     def device(self) -> torch.device:
@@ -579,11 +568,6 @@ def iter_random_llm_tensors(config: LlmConfig, seed: int) -> Iterator[tuple[str,
             yield name, torch.ones(shape)
         else:
             yield name, torch.randn(shape, generator=generator).mul_(0.02)
-
-
-def random_llm_state_dict(config: LlmConfig, seed: int) -> dict[str, Tensor]:
-    """The whole random state dict in memory (small presets only)."""
-    return dict(iter_random_llm_tensors(config, seed))
 
 
 def write_random_llm(
