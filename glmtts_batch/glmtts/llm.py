@@ -25,6 +25,11 @@ Deliberate differences from upstream:
 - Prompt speech tokens always get the `ats` offset. Upstream skips the offset when the
   prompt *text* is empty, feeding raw codebook indices as text ids (a bug).
 
+Sampling: `GenerationOptions.sampling_rng="fast"` (default) draws on the device without
+host syncs (`sampling.py`); `"upstream"` spends random numbers exactly as upstream does,
+over the full vocabulary with the non-candidate ids at -inf (`reference_sampling.py`), so a
+seed gives upstream's tokens, at the cost of a host sync per step.
+
 Long text (`generate_long`) follows upstream `glmtts_inference.generate_long` and its
 prompt-history cache; the pruning rule is the pure function `prune_prompt_history`.
 """
