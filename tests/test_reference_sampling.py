@@ -154,6 +154,18 @@ def test_unmasked_run_reproduces_upstream_tokens_over_the_whole_vocabulary(case,
     assert not case["in_audio_or_eoa"] or all(0 <= t <= special.ate - special.ats for t in tokens)
 
 
+@pytest.mark.skipif(not (GOLDEN_LLM / "cases.json").is_file(), reason=ABSENT)
+def test_without_kv_cache_the_reference_mode_gives_the_same_tokens(golden_lms, special):
+    cases = json.loads((GOLDEN_LLM / "cases.json").read_text())["single"]
+    case = min(cases, key=lambda c: (c["n_steps"], c["id"]))  # the cheapest to recompute
+    uncached = GenerationOptions(sample_method=case["method"], sampling_rng="upstream", kv_cache=False)
+    tokens, _ = golden_lms[case["weights"]].generate(
+        case["text_ids"], case["prompt_text_ids"], case["prompt_speech_tokens"], special,
+        seed=case["seed"], options=uncached,
+    )
+    assert tokens == case["tokens"]
+
+
 # ---------------------------------------------------------------------------- random-number use
 
 

@@ -100,11 +100,13 @@ def fast_draws(case: Case, n: int, seed: int) -> torch.Tensor:
 
 def reference_draws(case: Case, n: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    if case.method == "ras":
-        step = lambda: ras_step(case.logits, case.history, allow_stop=case.allow_stop, eoa=EOA, generator=generator)  # noqa: E731
-    else:
-        step = lambda: topk_step(case.logits, k=case.k, allow_stop=case.allow_stop, eoa=EOA, generator=generator)  # noqa: E731
-    return torch.tensor([step().token for _ in range(n)])
+
+    def step() -> int:
+        if case.method == "ras":
+            return ras_step(case.logits, case.history, allow_stop=case.allow_stop, eoa=EOA, generator=generator).token
+        return topk_step(case.logits, k=case.k, allow_stop=case.allow_stop, eoa=EOA, generator=generator).token
+
+    return torch.tensor([step() for _ in range(n)])
 
 
 # ---------------------------------------------------------------------------- chi-square

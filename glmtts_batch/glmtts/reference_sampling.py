@@ -46,6 +46,8 @@ from glmtts_batch.glmtts.sampling import RasParams
 # sequence, every later call the one id chosen in the previous step.
 StepFn = Callable[[Sequence[int]], Tensor]
 
+UPSTREAM_RAS = RasParams()  # upstream's ras_sampling defaults
+
 
 @dataclass(frozen=True)
 class StepDraw:
@@ -98,7 +100,7 @@ def ras_step(
     *,
     allow_stop: bool,
     eoa: int,
-    params: RasParams = RasParams(),
+    params: RasParams = UPSTREAM_RAS,
     generator: torch.Generator | None,
 ) -> StepDraw:
     """Upstream's repetition-aware sampling step over full-vocabulary `logits` (V,).
@@ -159,7 +161,7 @@ def generate_reference(
     max_len: int,
     eoa: int,
     method: Literal["ras", "topk"] = "ras",
-    ras: RasParams = RasParams(),
+    ras: RasParams = UPSTREAM_RAS,
     top_k: int = 25,
     generator: torch.Generator | None,
 ) -> ReferenceRun:
