@@ -169,7 +169,11 @@ def generate_reference(
 
     Up to `max_len` steps; eoa cannot be chosen in the first `min_len`. Stops, without
     emitting it, when eoa is chosen. The generator is used as it is: seed it as upstream's
-    `set_seed` does (`manual_seed(seed)` right before the generation).
+    `set_seed` does (`manual_seed(seed)` right before the generation, so again before
+    every piece of a long text), on the device of the logits.
+
+    An LM with candidate-only logits passes `audio_only_logits(...)` of them from `step`;
+    the returned ids are absolute (subtract ats for speech tokens).
     """
     if method not in ("ras", "topk"):
         raise ValueError(f"method must be 'ras' or 'topk', got {method!r}")
