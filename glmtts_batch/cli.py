@@ -43,6 +43,8 @@ def main() -> None:
 @click.option("--no-kv-cache", is_flag=True, help="Disable the LLM key/value cache.")
 @click.option("--no-prompt-cache", is_flag=True, help="Disable the long-text prompt-history cache.")
 @click.option("--phoneme-dict", type=_existing_file, help="JSONL word -> pinyin overrides for phoneme mode.")
+@click.option("--sampling-rng", type=click.Choice(["fast", "upstream"]), default="fast", show_default=True,
+              help="upstream: spend random numbers as upstream GLM-TTS does, for its tokens from a seed (slower).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Seed for tasks without their own 'seed'.")
 @click.option("--no-resume", is_flag=True, help="Redo every task, even those an earlier run finished.")
@@ -62,6 +64,7 @@ def run(
     no_kv_cache: bool,
     no_prompt_cache: bool,
     phoneme_dict: Path | None,
+    sampling_rng: str,
     seed: int,
     no_resume: bool,
     no_zip: bool,
@@ -81,6 +84,7 @@ def run(
         kv_cache=not no_kv_cache,
         prompt_cache=not no_prompt_cache,
         phoneme_dict=phoneme_dict,
+        sampling_rng=sampling_rng,
     )
     try:
         summary = run_batch(

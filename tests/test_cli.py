@@ -68,6 +68,7 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
     assert (options.campplus, options.device, options.sample_rate, options.dtype) == (camp, "cpu", 32000, "bf16")
     assert options.flow_dtype == "fp16"
     assert (options.kv_cache, options.prompt_cache, options.phoneme_dict) == (False, False, words)
+    assert options.sampling_rng == "fast"
     assert "ENGINE glmtts" in r.output and "engine: fake" in r.output
     assert f"manifest: {out / 'manifest.jsonl'}" in r.output and f"zip: {out / 't.zip'}" in r.output
     assert "2 ok, 0 failed, 0 invalid, 0 skipped" in r.output
@@ -82,6 +83,16 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
 
     r = invoke(["run", str(f), "--out", str(out), "--no-resume", "--no-zip", "--no-progress"])
     assert r.exit_code == 0 and "2 ok" in r.output and "zip:" not in r.output
+
+
+def test_sampling_rng_upstream_reaches_the_engine_options(tmp_path: Path, loader) -> None:
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
+    r = invoke(["run", str(f), "--out", str(tmp_path / "out"), "--engine", "glmtts", "--model-dir", str(tmp_path),
+                "--sampling-rng", "upstream", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert loader.calls[0][1].sampling_rng == "upstream"
+    r = invoke(["run", str(f), "--sampling-rng", "numpy"])
+    assert r.exit_code == 2 and "--sampling-rng" in r.output
 
 
 def test_run_failures_exit_1_and_max_failures(tmp_path: Path, loader) -> None:

@@ -197,7 +197,9 @@ def test_manifest_details_are_present_and_sane(engine, voice):
     assert d["phoneme"] is False
     assert engine.info.name == "glmtts" and engine.info.clones_voice
     assert re.fullmatch(r"glmtts:[0-9a-f]{16}", engine.info.model)  # weights identity, not the folder name
-    assert engine.info.settings == {"llm_dtype": "fp32", "flow_dtype": "fp32", "prompt_cache": True, "phoneme_dict_sha256": None}
+    assert engine.info.settings == {
+        "llm_dtype": "fp32", "flow_dtype": "fp32", "prompt_cache": True, "phoneme_dict_sha256": None, "sampling_rng": "fast"
+    }
 
 
 # ------------------------------------------------------------------------------- seeding
@@ -458,3 +460,22 @@ def test_half_precision_flow_is_opt_in_and_a_recorded_setting(tiny_checkpoint, e
         assert half.info.settings["flow_dtype"] == flow_dtype and engine.info.settings["flow_dtype"] == "fp32"
     finally:
         half.close()
+
+
+def test_upstream_sampling_rng_is_a_recorded_setting_with_its_own_tokens(tiny_checkpoint, engine, voice, monkeypatch):
+    options = EngineOptions(model_dir=tiny_checkpoint, device="cpu", sampling_rng="upstream")
+    upstream = GlmTtsEngine.load(options, log=quiet, force_tokens=16)
+    try:
+        assert upstream.generation.sampling_rng == "upstream" and engine.generation.sampling_rng == "fast"
+        assert upstream.info.settings["sampling_rng"] == "upstream"  # part of the resume key
+        spy = GenerateSpy(monkeypatch)
+        out = upstream.synthesize(request("Same seed.", voice, seed=3))
+        sibling(engine, force_tokens=16).synthesize(request("Same seed.", voice, seed=3))
+        reference, fast = spy.calls
+        assert len(reference["tokens"]) == len(fast["tokens"]) == 16
+        assert reference["tokens"] != fast["tokens"]  # same distribution, other random-number use
+        assert out.audio.dtype == np.float32 and np.isfinite(out.audio).all()
+    finally:
+        upstream.close()
+    with pytest.raises(EngineLoadError, match="sampling_rng"):
+        GlmTtsEngine.load(dataclasses.replace(options, sampling_rng="numpy"), log=quiet)

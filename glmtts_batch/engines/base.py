@@ -45,6 +45,9 @@ class EngineOptions:
     kv_cache: bool = True
     prompt_cache: bool = True  # long-text prompt-history cache
     phoneme_dict: Path | None = None  # JSONL word -> pinyin-with-tone overrides
+    # LLM random-number use: "fast" (vectorised) or "upstream" (upstream GLM-TTS's tokens for
+    # a seed; a host sync per step).
+    sampling_rng: str = "fast"
 
 
 @dataclass(frozen=True)

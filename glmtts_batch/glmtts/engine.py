@@ -103,6 +103,7 @@ class GlmTtsEngine:
                 "flow_dtype": options.flow_dtype,
                 "prompt_cache": options.prompt_cache,
                 "phoneme_dict_sha256": sha256_file(options.phoneme_dict) if options.phoneme_dict else None,
+                "sampling_rng": options.sampling_rng,
             },
         )
 
@@ -153,7 +154,12 @@ class GlmTtsEngine:
             flow=FlowDecoder.from_checkpoint(layout.flow_weights, device, flow_dtype, config_path=layout.flow_config),
             vocoder=vocoder,
         )
-        generation = GenerationOptions(kv_cache=options.kv_cache, force_tokens=force_tokens)
+        try:
+            generation = GenerationOptions(
+                kv_cache=options.kv_cache, force_tokens=force_tokens, sampling_rng=options.sampling_rng
+            )
+        except ValueError as exc:
+            raise EngineLoadError(str(exc)) from exc
         log(f"glmtts: loaded in {time.perf_counter() - started:.1f} s")
         return cls(layout, models, device=device, options=options, generation=generation)
 

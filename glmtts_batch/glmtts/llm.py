@@ -25,6 +25,11 @@ Deliberate differences from upstream:
 - Prompt speech tokens always get the `ats` offset. Upstream skips the offset when the
   prompt *text* is empty, feeding raw codebook indices as text ids (a bug).
 
+Sampling: `GenerationOptions.sampling_rng="fast"` (default) draws on the device without
+host syncs (`sampling.py`); `"upstream"` spends random numbers exactly as upstream does,
+over the full vocabulary with the non-candidate ids at -inf (`reference_sampling.py`), so a
+seed gives upstream's tokens, at the cost of a host sync per step.
+
 Long text (`generate_long`) follows upstream `glmtts_inference.generate_long` and its
 prompt-history cache; the pruning rule is the pure function `prune_prompt_history`.
 """
@@ -43,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.reference_sampling import audio_only_logits, generate_reference
 from glmtts_batch.glmtts.sampling import RasParams, ras_sample, topk_sample
 from glmtts_batch.glmtts.weights import (
     load_module,
@@ -237,6 +243,9 @@ class GenerationOptions:
     kv_cache: bool = True  # False: recompute the whole sequence each step (less memory)
     # Benchmarks: ignore eoa and generate exactly this many tokens (random weights never stop).
     force_tokens: int | None = None
+    # "upstream": spend random numbers exactly as upstream GLM-TTS does (same seed, same
+    # tokens; a host sync per step, see reference_sampling.py). "fast": same distribution.
+    sampling_rng: Literal["fast", "upstream"] = "fast"
 
     def __post_init__(self) -> None:
         if self.sample_method not in ("ras", "topk"):
@@ -245,6 +254,8 @@ class GenerationOptions:
             raise ValueError("sample_method='topk' needs top_k >= 2 (the stop token may take one slot)")
         if self.force_tokens is not None and self.force_tokens < 0:
             raise ValueError(f"force_tokens must be >= 0, got {self.force_tokens}")
+        if self.sampling_rng not in ("fast", "upstream"):
+            raise ValueError(f"sampling_rng must be 'fast' or 'upstream', got {self.sampling_rng!r}")
 
 
 @dataclass(frozen=True)
@@ -442,6 +453,8 @@ class SpeechLM(nn.Module):
 
         generator = torch.Generator(device=device).manual_seed(seed)
         started = time.perf_counter()
+        if options.sampling_rng == "upstream":
+            return self._generate_upstream(ids, special, min_len, steps, generator, options, started)
         prompt_embeds = self.embed(torch.tensor([ids], dtype=torch.long, device=device))  # (1, T, D)
         out = torch.zeros(1, max(steps, 1), dtype=torch.long, device=device)  # candidate index == token offset
         fallbacks = torch.zeros((), dtype=torch.long, device=device)
@@ -515,6 +528,49 @@ class SpeechLM(nn.Module):
             all_tokens.append(tokens)
             all_stats.append(stats)
         return all_tokens, all_stats
+
+    def _generate_upstream(
+        self,
+        ids: list[int],
+        special: SpecialIds,
+        min_len: int,
+        max_len: int,
+        generator: torch.Generator,
+        options: GenerationOptions,
+        started: float,
+    ) -> tuple[list[int], GenerationStats]:
+        """`generate` with upstream's random-number use (`reference_sampling.generate_reference`)."""
+        cache = self._new_cache() if options.kv_cache else None
+        seen: list[int] = []
+        vocab = self.config.vocab_size
+
+        def step(new_ids: Sequence[int]) -> Tensor:
+            seen.extend(new_ids)
+            fed = new_ids if cache is not None else seen
+            hidden = self.last_hidden(self.embed(torch.tensor([fed], dtype=torch.long, device=self.device)), cache)
+            scores = self.candidate_logits(hidden, special)[0]
+            return audio_only_logits(scores, vocab, ats=special.ats, ate=special.ate, eoa=special.eoa)
+
+        run = generate_reference(
+            step,
+            ids,
+            min_len=min_len,
+            max_len=max_len,
+            eoa=special.eoa,
+            method=options.sample_method,
+            ras=options.ras,
+            top_k=options.top_k,
+            generator=generator,
+        )
+        stop = "forced" if options.force_tokens is not None else run.stop_reason
+        stats = GenerationStats(
+            prompt_tokens=len(ids),
+            generated_tokens=len(run.tokens),
+            seconds=time.perf_counter() - started,
+            stop_reason=stop,
+            ras_fallbacks=run.ras_fallbacks,
+        )
+        return [t - special.ats for t in run.tokens], stats
 
     def _new_cache(self):
         from transformers import DynamicCache

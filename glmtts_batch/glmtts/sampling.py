@@ -17,10 +17,25 @@ Behaviour follows upstream GLM-TTS (`cosyvoice/utils/common.py`, `llm/glmtts.py`
   the minimum length is not reached upstream redraws until the result is not the stop
   token, which is the same distribution as dropping the stop token from the top-k set.
 
-One difference in how randomness is consumed: the full-distribution fallback of RAS is
-drawn on every step and kept only where needed (upstream draws it only when used).
-Deciding on the host would cost a device sync per step; the output distribution is the
-same, the random stream is not comparable with upstream's anyway (different generator).
+Randomness is consumed differently from upstream, on purpose (no host sync per step), so
+a seed gives other tokens than upstream's; `reference_sampling.py` reproduces upstream's
+stream when that is wanted. The distributions are the same (`tests/test_sampling_distribution.py`
+checks it with a chi-square test):
+
+- RAS: the full-distribution fallback is drawn on every step, from its own exponentials,
+  and kept only where the repetition check fires (upstream draws it only then). The two
+  draws are independent either way, so the step's distribution is the same mixture. The
+  fallback covers the candidate set (audio ids + eoa) where upstream covers the whole
+  vocabulary: the same distribution wherever the non-candidates have probability 0,
+  which the audio-only candidate rule (llm.py) makes so.
+- top-k: before min_len eoa is removed from the top-k set and one draw is made; upstream
+  redraws over the same set while eoa comes up. Redrawing until not-eoa gives each other
+  member q_i / (sum(q) - q_eoa), the conditional distribution, which is exactly the draw
+  without eoa. (Where eoa holds all of the set's mass upstream loops forever; this draws
+  the other members uniformly.)
+- The nucleus cut compares a cumulative sum (`torch.cumsum`) with top_p; upstream adds
+  float32 values one by one. They can differ only when the mass before a token is within
+  rounding of top_p.
 """
 
 from __future__ import annotations
