@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from .log import PREFIX
+
 
 class Progress:
     """Counts lines as they finish. `enabled=None` picks the style from `stream.isatty()`."""
@@ -73,7 +75,7 @@ class Progress:
     def _log_line(self, now: float) -> None:
         total = f"/{self.total}" if self.total else ""
         print(
-            f"glmtts-batch: {self.lines}{total} lines, {self._postfix()}, {now - self._start:.0f} s",
+            f"{PREFIX}{self.lines}{total} lines, {self._postfix()}, {now - self._start:.0f} s",
             file=self.stream,
             flush=True,
         )

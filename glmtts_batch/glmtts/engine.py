@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from glmtts_batch.glmtts.text.frontend import TextFrontend
 from glmtts_batch.glmtts.text.g2p import PhonemeDict
 from glmtts_batch.glmtts.text.tokenizer import SpecialTokens, TextTokenizer
 from glmtts_batch.glmtts.vocos import Vocos2D
+from glmtts_batch.log import Log, log_to_stderr
 from glmtts_batch.settings import audio_settings
 
 SPEAKER_RATE = 16000  # CAM++ and the speech tokenizer both take 16 kHz audio
@@ -48,10 +47,6 @@ CROSSFADE_MS = 20.0
 # flow, the vocoder, text normalisation, ...): it is in the resume key, so resumed runs
 # redo their tasks instead of mixing old and new audio.
 AUDIO_VERSION = 1
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,7 +111,7 @@ class GlmTtsEngine:
         cls,
         options: EngineOptions,
         *,
-        log: Callable[[str], None] = _stderr,
+        log: Log = log_to_stderr,
         force_tokens: int | None = None,
     ) -> GlmTtsEngine:
         """Validate the checkpoint folder, then load every model once.
