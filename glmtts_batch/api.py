@@ -13,8 +13,8 @@ from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
 from .lock import OutputLock
 from .log import Log, log_to_stderr
-from .outputs import clean_stale_temp_files
 from .manifest import Summary
+from .outputs import clean_stale_temp_files
 from .runner import BatchRunner, RunSettings
 from .tasks import (
     MAX_SEED,
@@ -27,7 +27,6 @@ from .tasks import (
     iter_task_file,
     open_task_file,
 )
-
 
 
 def run_batch(
@@ -143,7 +142,7 @@ def _open_tasks(
     if out_dir is None:
         raise RunError("out_dir is required when tasks are given as mappings")
     out = Path(out_dir)
-    return _TaskSource(items=iter_task_dicts(tasks, base_dir), out_dir=out, zip_name=f"{out.resolve().name or 'batch'}.zip")
+    return _TaskSource(items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None), out_dir=out, zip_name=f"{out.resolve().name or 'batch'}.zip")
 
 
 def _prepare_out_dir(out: Path, lock: OutputLock) -> None:

@@ -17,7 +17,7 @@ import signal
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
 EXIT_RUN_ERROR = 2
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_SIGNAL: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class GlmttsBatchError(Exception):

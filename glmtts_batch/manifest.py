@@ -311,7 +311,7 @@ class Journal:
         entry = _parse_entry(self._read.readline())
         if entry is None or entry["key"] != key:
             return None
-        record = entry["record"]
+        record: dict[str, Any] = entry["record"]
         wav = self.out_dir / record["wav"]
         try:
             if not wav.is_file() or sha256_file(wav) != record["sha256"]:
@@ -325,13 +325,16 @@ class Journal:
         return name_key(output_name) in self._index
 
     def append(self, key: str, record: Record) -> None:
-        entry = {"v": JOURNAL_VERSION, "key": key, "output_name": record.output_name, "record": record.to_dict()}
+        name = record.output_name
+        if name is None:
+            raise ValueError("only a record with an output_name can be journaled")
+        entry = {"v": JOURNAL_VERSION, "key": key, "output_name": name, "record": record.to_dict()}
         offset = self._append.tell()
         self._append.write((dumps(entry) + "\n").encode("utf-8"))
         self._append.flush()
         if self._fsync:
             os.fsync(self._append.fileno())
-        self._index[name_key(entry["output_name"])] = offset
+        self._index[name_key(name)] = offset
 
     def close(self) -> None:
         self._append.close()

@@ -32,12 +32,12 @@ _BY_CONTENT = "by_content"  # a file path: its content hash goes in the resume k
 def run_only(default: T) -> T:
     """A field that does not shape the audio (device, caches of work, progress, paths whose
     identity the engine reports elsewhere)."""
-    return dataclasses.field(default=default, metadata={AUDIO: _RUN_ONLY})  # type: ignore[no-any-return]
+    return dataclasses.field(default=default, metadata={AUDIO: _RUN_ONLY})
 
 
 def by_content(default: T = None) -> T:  # type: ignore[assignment]
     """A file path whose content (not its name) shapes the audio."""
-    return dataclasses.field(default=default, metadata={AUDIO: _BY_CONTENT})  # type: ignore[no-any-return]
+    return dataclasses.field(default=default, metadata={AUDIO: _BY_CONTENT})
 
 
 def shapes_audio(f: dataclasses.Field[Any]) -> bool:

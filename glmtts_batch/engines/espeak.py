@@ -291,8 +291,11 @@ def _default_paths() -> tuple[str, str]:
 def _shared_espeak(library_path: str | None, data_path: str | None) -> _Espeak:
     with _Process.lock:
         if _Process.espeak is None:
-            default_lib, default_data = (None, None) if library_path and data_path else _default_paths()
-            _Process.espeak = _Espeak(library_path or default_lib, data_path or default_data)
+            if library_path and data_path:
+                _Process.espeak = _Espeak(library_path, data_path)
+            else:
+                default_lib, default_data = _default_paths()
+                _Process.espeak = _Espeak(library_path or default_lib, data_path or default_data)
             return _Process.espeak
         espeak = _Process.espeak
         wanted = (library_path or espeak.library_path, data_path or espeak.data_path)
