@@ -69,8 +69,8 @@ class Progress:
         return self.audio_s / wall if wall > 0 else 0.0
 
     def _postfix(self) -> str:
-        c = self.counts
-        return f"ok={c['ok']} failed={c['failed']} invalid={c['invalid']} skipped={c['skipped']} {self._speed():.2f} audio s/s"
+        counts = " ".join(f"{status}={n}" for status, n in self.counts.items())
+        return f"{counts} {self._speed():.2f} audio s/s"
 
     def _log_line(self, now: float) -> None:
         total = f"/{self.total}" if self.total else ""
