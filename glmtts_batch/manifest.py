@@ -6,7 +6,8 @@ input order. Every record has the same keys (null where not applicable):
     line          1-based physical line number in the task file (or position in the list)
     output_name   WAV name without ".wav" (null when the line had no usable name)
     status        ok | failed | invalid | skipped
-    wav           relative path of the WAV (ok, and skipped with resumed=true)
+    wav           relative path of the audio file (ok, and skipped with resumed=true); a WAV
+                  with the default writer, the key keeps its name for other formats
     duration_s, sample_rate, sha256   of that WAV
     engine, model engine name and model identity (EngineInfo)
     seed          effective seed: the task's `seed`, else the run seed

@@ -27,7 +27,7 @@ from glmtts_batch.errors import (
     PromptAudioError,
     TaskError,
 )
-from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine
+from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine, engine_settings
 from glmtts_batch.glmtts.llm import GenerationOptions, SpeechLM
 
 FORCED = 6  # speech tokens per piece for the forced engines
@@ -201,6 +201,7 @@ def test_manifest_details_are_present_and_sane(engine, voice):
     assert (settings["dtype"], settings["flow_dtype"], settings["prompt_cache"], settings["phoneme_dict_sha256"]) == (
         "fp32", "fp32", True, None)
     assert settings["generation"]["sample_method"] == "ras" and "device" not in settings
+    assert settings == engine_settings(engine.options, engine.generation)  # what test_resume_settings covers
 
 
 # ------------------------------------------------------------------------------- seeding

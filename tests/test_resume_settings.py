@@ -14,35 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fake_engines import FakeEngine
 
 from glmtts_batch import run_batch
 from glmtts_batch.engines.base import EngineOptions
 from glmtts_batch.engines.espeak import EspeakEngine
 from glmtts_batch.glmtts import engine as glmtts_engine
-from glmtts_batch.glmtts.engine import GlmTtsEngine
 from glmtts_batch.glmtts.llm import GenerationOptions
 from glmtts_batch.glmtts.sampling import RasParams
 from glmtts_batch.settings import audio_settings, by_content, run_only
 
 
-class _Layout:
-    """Stands in for a CheckpointLayout: the engine's settings never look inside the checkpoint."""
-
-    def fingerprint(self) -> str:
-        return "0123456789abcdef"
-
-
 def glmtts_settings(options: EngineOptions, generation: GenerationOptions) -> dict[str, Any]:
-    engine = GlmTtsEngine(
-        _Layout(),  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]  # no models: only EngineInfo is looked at
-        device=torch.device("cpu"),
-        options=options,
-        generation=generation,
-    )
-    return dict(engine.info.settings)
+    # What GlmTtsEngine puts in EngineInfo.settings (test_glmtts_engine checks a loaded engine).
+    return glmtts_engine.engine_settings(options, generation)
 
 
 def _dict_file(tmp_path: Path, name: str, content: str) -> Path:

@@ -49,6 +49,12 @@ CROSSFADE_MS = 20.0
 AUDIO_VERSION = 1
 
 
+def engine_settings(options: EngineOptions, generation: GenerationOptions) -> dict[str, Any]:
+    """`EngineInfo.settings`: built from the configuration itself, so a new audio-shaping
+    option is in the resume key without anyone remembering to add it (glmtts_batch.settings)."""
+    return {**audio_settings(options), "generation": audio_settings(generation), "audio_version": AUDIO_VERSION}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,13 +103,7 @@ class GlmTtsEngine:
             sample_rate=options.sample_rate,
             device=str(device),
             clones_voice=True,
-            # Built from the configuration itself, so a new audio-shaping option is in the
-            # resume key without anyone remembering to add it (glmtts_batch.settings).
-            settings={
-                **audio_settings(options),
-                "generation": audio_settings(generation),
-                "audio_version": AUDIO_VERSION,
-            },
+            settings=engine_settings(options, generation),
         )
 
     @classmethod
