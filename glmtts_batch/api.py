@@ -27,6 +27,7 @@ from .tasks import (
     iter_task_file,
     open_task_file,
 )
+from .writers import DEFAULT_WRITER, AudioWriter
 
 
 def run_batch(
@@ -43,6 +44,7 @@ def run_batch(
     base_dir: str | os.PathLike[str] | None = None,
     fsync: bool = True,
     log: Log | None = None,
+    writer: AudioWriter = DEFAULT_WRITER,
 ) -> Summary:
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
@@ -54,7 +56,8 @@ def run_batch(
     for `engines.select.load_engine` ("auto", "glmtts", "espeak"; loaded and
     closed here). `progress=None` shows a bar on a terminal and log lines
     otherwise; False silences both. `fsync=False` trades crash durability for
-    speed (tests, scratch runs).
+    speed (tests, scratch runs). `writer` picks the output files' format and suffix
+    (default: 16-bit WAV; see `writers.AudioWriter`).
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
     a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`).
@@ -80,6 +83,7 @@ def run_batch(
             fsync=fsync,
             total_lines=source.total_lines,
             task_source=source.name,
+            writer=writer,
         )
         return BatchRunner(engine, source.items, settings).run()
     finally:

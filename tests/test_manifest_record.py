@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 from fake_engines import FakeEngine
 
+from glmtts_batch import run_batch
 from glmtts_batch.engines.base import EngineInfo, Synthesis
 from glmtts_batch.errors import InvalidTaskError, TaskError
 from glmtts_batch.manifest import (
@@ -23,8 +24,7 @@ from glmtts_batch.manifest import (
     skipped_record,
 )
 from glmtts_batch.outputs import AudioInfo
-from glmtts_batch.runner import BatchRunner, RunSettings
-from glmtts_batch.tasks import InvalidLine, Task, iter_task_dicts
+from glmtts_batch.tasks import InvalidLine, Task
 from glmtts_batch.writers import DEFAULT_WRITER, WavWriter
 
 # The keys and their order are an interface (README, external checks): spelled out here on purpose.
@@ -93,11 +93,9 @@ class RawWriter:
         return samples.tobytes(), samples.size
 
 
-def _run(tmp_path: Path, writer, engine: FakeEngine | None = None):
-    items = iter_task_dicts([{"input_text": "a", "output_name": "one"}, {"input_text": "b"}], tmp_path)
-    settings = RunSettings(out_dir=tmp_path / "out", zip_name="out.zip", progress=False, fsync=False, writer=writer)
-    (tmp_path / "out").mkdir(exist_ok=True)
-    return BatchRunner(engine or FakeEngine(), items, settings).run()
+def _run(tmp_path: Path, writer):
+    tasks = [{"input_text": "a", "output_name": "one"}, {"input_text": "b"}]
+    return run_batch(tasks, tmp_path / "out", engine=FakeEngine(), progress=False, fsync=False, writer=writer)
 
 
 def test_the_default_writer_is_16_bit_wav() -> None:
