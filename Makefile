@@ -1,4 +1,4 @@
-# Two entry points for a new machine: `make demo` and `make test`.
+# Entry points for a new machine: `make demo`, `make test` and `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # on a GPU machine the same pin pulls the CUDA build from PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-glmtts bench-load clean
+.PHONY: install demo test lint format bench bench-glmtts bench-load clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,21 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff (lint + format check) and mypy, configured in pyproject.toml; the tools come from the `lint` extra.
+$(VENV)/.lint-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e ".[lint]"
+	touch $@
+
+lint: $(VENV)/.lint-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Apply the formatter and the safe lint fixes.
+format: $(VENV)/.lint-installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: install
 	$(BIN)/python bench/bench_worker.py

@@ -9,14 +9,18 @@ from .errors import (  # noqa: E402
     EngineLoadError,
     GlmttsBatchError,
     InvalidTaskError,
+    LockedError,
+    PhonemeDictError,
     PromptAudioError,
     RunError,
     TaskError,
 )
-from .runner import Summary  # noqa: E402
+from .manifest import Record, Summary  # noqa: E402
 from .tasks import InvalidLine, Task, iter_task_dicts, iter_task_file  # noqa: E402
+from .writers import AudioWriter, WavWriter  # noqa: E402
 
 __all__ = [
+    "AudioWriter",
     "CheckReport",
     "CheckpointError",
     "Engine",
@@ -27,13 +31,17 @@ __all__ = [
     "InvalidLine",
     "InvalidTaskError",
     "LineProblem",
+    "LockedError",
+    "PhonemeDictError",
     "PromptAudioError",
+    "Record",
     "RunError",
     "Summary",
     "Synthesis",
     "SynthesisRequest",
     "Task",
     "TaskError",
+    "WavWriter",
     "__version__",
     "check_tasks",
     "iter_task_dicts",

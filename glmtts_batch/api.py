@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -13,8 +12,10 @@ from typing import Any, BinaryIO
 from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
 from .lock import OutputLock
+from .log import Log, log_to_stderr
+from .manifest import Summary
 from .outputs import clean_stale_temp_files
-from .runner import BatchRunner, RunSettings, Summary
+from .runner import BatchRunner, RunSettings
 from .tasks import (
     MAX_SEED,
     InvalidLine,
@@ -26,12 +27,7 @@ from .tasks import (
     iter_task_file,
     open_task_file,
 )
-
-Log = Callable[[str], None]
-
-
-def log_to_stderr(message: str) -> None:
-    print(f"glmtts-batch: {message}", file=sys.stderr, flush=True)
+from .writers import DEFAULT_WRITER, AudioWriter
 
 
 def run_batch(
@@ -48,6 +44,7 @@ def run_batch(
     base_dir: str | os.PathLike[str] | None = None,
     fsync: bool = True,
     log: Log | None = None,
+    writer: AudioWriter = DEFAULT_WRITER,
 ) -> Summary:
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
@@ -59,76 +56,110 @@ def run_batch(
     for `engines.select.load_engine` ("auto", "glmtts", "espeak"; loaded and
     closed here). `progress=None` shows a bar on a terminal and log lines
     otherwise; False silences both. `fsync=False` trades crash durability for
-    speed (tests, scratch runs).
+    speed (tests, scratch runs). `writer` picks the output files' format and suffix
+    (default: 16-bit WAV; see `writers.AudioWriter`).
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
-    a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `runner`).
+    a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`).
     """
     log = log or log_to_stderr
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise RunError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
-    if max_failures is not None and (isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1):
-        raise RunError(f"max_failures must be a positive integer, got {max_failures!r}")
-    # An engine name is checked (case-insensitively) by engines.select.load_engine.
-
-    task_file = None
-    if isinstance(tasks, (str, os.PathLike)):
-        path = Path(tasks)
-        task_file = open_task_file(path)
-        items = iter_open_task_file(task_file, path.resolve().parent)
-        out = Path(out_dir) if out_dir is not None else Path("outputs") / path.stem
-        zip_name = f"{path.stem}.zip"
-        source = str(path)
-        try:
-            total = _total_lines(task_file, path) if progress is not False else None
-        except RunError:
-            task_file.close()
-            raise
-    elif isinstance(tasks, Mapping) or not isinstance(tasks, Iterable):
-        raise RunError("tasks must be a task file path or an iterable of task mappings")
-    else:
-        if out_dir is None:
-            raise RunError("out_dir is required when tasks are given as mappings")
-        items = iter_task_dicts(tasks, base_dir)
-        out = Path(out_dir)
-        zip_name = f"{out.resolve().name or 'batch'}.zip"
-        source = None
-        total = None
-
-    lock = OutputLock(out)
+    _check_run_arguments(seed, max_failures)  # an engine name is checked by engines.select.load_engine
+    source = _open_tasks(tasks, out_dir, base_dir, count_lines_for_progress=progress is not False)
+    lock = OutputLock(source.out_dir)
     owned_engine: Engine | None = None
     try:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunError(f"cannot create output folder {str(out)!r}: {e.strerror or e}") from None
-        lock.acquire()
-        try:
-            clean_stale_temp_files(out)
-        except OSError as e:
-            raise RunError(f"cannot read output folder {str(out)!r}: {e.strerror or e}") from None
+        _prepare_out_dir(source.out_dir, lock)
         if isinstance(engine, str):
             owned_engine = engine = _load_engine(engine, options, log)
         _announce(engine, log)
         settings = RunSettings(
-            out_dir=out,
-            zip_name=zip_name,
+            out_dir=source.out_dir,
+            zip_name=source.zip_name,
             seed=seed,
             resume=resume,
             make_zip=make_zip,
             max_failures=max_failures,
             progress=progress,
             fsync=fsync,
-            total_lines=total,
-            task_source=source,
+            total_lines=source.total_lines,
+            task_source=source.name,
+            writer=writer,
         )
-        return BatchRunner(engine, items, settings).run()
+        return BatchRunner(engine, source.items, settings).run()
     finally:
         if owned_engine is not None:
             owned_engine.close()
         lock.release()
-        if task_file is not None:
+        source.close()
+
+
+def _check_run_arguments(seed: object, max_failures: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise RunError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    if max_failures is not None and (
+        isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1
+    ):
+        raise RunError(f"max_failures must be a positive integer, got {max_failures!r}")
+
+
+@dataclass
+class _TaskSource:
+    """Where a run's tasks come from, and the output naming that follows from it."""
+
+    items: Iterator[TaskOrInvalid]
+    out_dir: Path
+    zip_name: str
+    name: str | None = None  # the task file, for summary.json
+    total_lines: int | None = None  # for the progress bar
+    file: BinaryIO | None = None  # the open task file, closed after the run
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _open_tasks(
+    tasks: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str] | None,
+    base_dir: str | os.PathLike[str] | None,
+    *,
+    count_lines_for_progress: bool,
+) -> _TaskSource:
+    if isinstance(tasks, (str, os.PathLike)):
+        path = Path(tasks)
+        task_file = open_task_file(path)
+        try:
+            total = _total_lines(task_file, path) if count_lines_for_progress else None
+        except RunError:
             task_file.close()
+            raise
+        return _TaskSource(
+            items=iter_open_task_file(task_file, path.resolve().parent),
+            out_dir=Path(out_dir) if out_dir is not None else Path("outputs") / path.stem,
+            zip_name=f"{path.stem}.zip",
+            name=str(path),
+            total_lines=total,
+            file=task_file,
+        )
+    if isinstance(tasks, Mapping) or not isinstance(tasks, Iterable):
+        raise RunError("tasks must be a task file path or an iterable of task mappings")
+    if out_dir is None:
+        raise RunError("out_dir is required when tasks are given as mappings")
+    out = Path(out_dir)
+    return _TaskSource(items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None), out_dir=out, zip_name=f"{out.resolve().name or 'batch'}.zip")
+
+
+def _prepare_out_dir(out: Path, lock: OutputLock) -> None:
+    """Create the folder, take its lock, and clear temp files a killed run left."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create output folder {str(out)!r}: {e.strerror or e}") from None
+    lock.acquire()
+    try:
+        clean_stale_temp_files(out)
+    except OSError as e:
+        raise RunError(f"cannot read output folder {str(out)!r}: {e.strerror or e}") from None
 
 
 def _total_lines(task_file: BinaryIO, path: Path) -> int | None:

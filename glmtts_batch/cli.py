@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -12,14 +13,29 @@ from click.core import ParameterSource
 from . import __version__
 from .api import check_tasks, run_batch
 from .engines.base import EngineOptions
-from .errors import RunError
-from .runner import EXIT_RUN_ERROR, EXIT_SIGNAL
+from .errors import EXIT_SIGNAL, GlmttsBatchError
+from .log import PREFIX, log_to_stderr
 from .tasks import InvalidLine, Task, TaskOrInvalid
+from .writers import DEFAULT_WRITER
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Maps the package's exceptions to exit codes, for every command, in this one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GlmttsBatchError as e:
+            click.echo(f"{PREFIX}error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # before the batch loop took over the signal (e.g. while loading)
+            click.echo(f"{PREFIX}interrupted before the run started", err=True)
+            sys.exit(EXIT_SIGNAL[signal.SIGINT])
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="glmtts-batch")
 def main() -> None:
     """Batch speech synthesis with GLM-TTS: a JSONL task file in, WAVs + manifest + zip out."""
@@ -86,34 +102,26 @@ def run(
         phoneme_dict=phoneme_dict,
         sampling_rng=sampling_rng,
     )
-    try:
-        summary = run_batch(
-            task_file,
-            out_dir,
-            engine=engine,
-            options=options,
-            seed=seed,
-            resume=not no_resume,
-            make_zip=not no_zip,
-            max_failures=max_failures,
-            progress=False if no_progress else None,
-        )
-    except RunError as e:
-        click.echo(f"glmtts-batch: error: {e}", err=True)
-        sys.exit(EXIT_RUN_ERROR)
-    except KeyboardInterrupt:  # before the batch loop took over the signal (e.g. while loading)
-        click.echo("glmtts-batch: interrupted before the run started", err=True)
-        sys.exit(EXIT_SIGNAL[signal.SIGINT])
-
+    summary = run_batch(
+        task_file,
+        out_dir,
+        engine=engine,
+        options=options,
+        seed=seed,
+        resume=not no_resume,
+        make_zip=not no_zip,
+        max_failures=max_failures,
+        progress=False if no_progress else None,
+    )
     parts = [f"{summary.ok} ok", f"{summary.failed} failed", f"{summary.invalid} invalid",
              f"{summary.skipped} skipped ({summary.resumed} resumed)"]
-    click.echo(f"glmtts-batch: {', '.join(parts)}; {summary.audio_seconds:.1f} s of audio "
+    click.echo(f"{PREFIX}{', '.join(parts)}; {summary.audio_seconds:.1f} s of audio "
                f"in {summary.wall_seconds:.1f} s", err=True)
     if summary.interrupted:
-        click.echo(f"glmtts-batch: interrupted by {summary.interrupted}; re-run the same command to resume",
+        click.echo(f"{PREFIX}interrupted by {summary.interrupted}; re-run the same command to resume",
                    err=True)
     if summary.stopped_early:
-        click.echo("glmtts-batch: stopped after --max-failures; remaining tasks were not run", err=True)
+        click.echo(f"{PREFIX}stopped after --max-failures; remaining tasks were not run", err=True)
     click.echo(f"manifest: {summary.manifest}")
     if summary.zip is not None:
         click.echo(f"zip: {summary.zip}")
@@ -133,16 +141,12 @@ def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors
     def show(item: TaskOrInvalid) -> None:
         if isinstance(item, Task):
             if not errors_only:
-                click.echo(f"line {item.line}: ok -> {item.output_name}.wav")
+                click.echo(f"line {item.line}: ok -> {item.output_name}.{DEFAULT_WRITER.suffix}")
         elif isinstance(item, InvalidLine):
             where = f" [{item.error.field}]" if item.error.field else ""
             click.echo(f"line {item.line}: invalid{where} {type(item.error).__name__}: {item.error}")
 
-    try:
-        report = check_tasks(task_file, model_dir=model_dir, campplus=campplus, on_item=show)
-    except RunError as e:
-        click.echo(f"glmtts-batch: error: {e}", err=True)
-        sys.exit(EXIT_RUN_ERROR)
+    report = check_tasks(task_file, model_dir=model_dir, campplus=campplus, on_item=show)
     if report.checkpoint_error:
         click.echo(f"checkpoint {model_dir}: {report.checkpoint_error}")
     elif model_dir is not None:
@@ -160,10 +164,7 @@ def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
     """Write a random-weight GLM-TTS checkpoint in the real folder layout (tests, benchmarks)."""
     from .glmtts.make_checkpoint import build_random_checkpoint
 
-    def log(message: str) -> None:
-        click.echo(f"glmtts-batch: {message}", err=True)
-
-    path = build_random_checkpoint(out_dir, preset, seed=seed, log=log)
+    path = build_random_checkpoint(out_dir, preset, seed=seed, log=log_to_stderr)
     click.echo(str(path))
 
 

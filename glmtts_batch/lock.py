@@ -19,18 +19,15 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import RunError
+from .errors import LockedError, RunError
+from .outputs import STATE_DIR
 
 LOCK_NAME = "lock"
 
 
-class LockedError(RunError):
-    """Another live run holds the output folder."""
-
-
 class OutputLock:
-    def __init__(self, out_dir: Path, state_dir: str = ".glmtts-batch") -> None:
-        self.path = Path(out_dir) / state_dir / LOCK_NAME
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / STATE_DIR / LOCK_NAME
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -67,7 +64,7 @@ class OutputLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         self.acquire()
         return self
 

@@ -1,4 +1,4 @@
-"""Output files: atomic 16-bit WAV writes, content hashes, and the zip package.
+"""Output files: atomic audio writes (in a `writers.AudioWriter` format), content hashes, the zip.
 
 Every file the worker creates in the output folder is first written under a
 temporary name starting with `TEMP_PREFIX` in the same folder, flushed, and
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import zipfile
@@ -20,55 +19,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from .errors import TaskError
+from .writers import DEFAULT_WRITER, AudioWriter
 
 TEMP_PREFIX = ".glmtts-tmp-"
+STATE_DIR = ".glmtts-batch"  # the run's own files in the output folder: journal, lock
 
 
 @dataclass(frozen=True)
-class WavInfo:
+class AudioInfo:
+    """What the manifest records about a written audio file."""
+
     sha256: str
     duration_s: float
     samples: int
     sample_rate: int
 
 
-def pcm16_wav_bytes(audio: np.ndarray, sample_rate: int) -> tuple[bytes, int]:
-    """Mono float samples in [-1, 1] to a complete 16-bit PCM WAV image and its sample count."""
-    samples = np.asarray(audio)
-    if samples.ndim == 2 and 1 in samples.shape:
-        samples = samples.reshape(-1)
-    if samples.ndim != 1:
-        raise TaskError(f"engine returned audio of shape {samples.shape}, expected mono (samples,)")
-    if samples.size == 0:
-        raise TaskError("engine returned no audio")
-    samples = samples.astype(np.float32, copy=False)
-    if not np.isfinite(samples).all():
-        raise TaskError("engine returned non-finite audio samples (NaN or inf)")
-    # Quantise here rather than in libsndfile so clipping and rounding are ours and exact.
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
-    buffer = io.BytesIO()
-    sf.write(buffer, pcm, sample_rate, subtype="PCM_16", format="WAV")
-    return buffer.getvalue(), pcm.size
-
-
-def write_wav(
+def write_audio(
     path: Path,
     audio: np.ndarray,
     sample_rate: int,
     *,
+    writer: AudioWriter = DEFAULT_WRITER,
     fsync: bool = True,
-    before_replace: Callable[[WavInfo], None] | None = None,
-) -> WavInfo:
-    """Atomically write `audio` as 16-bit PCM mono WAV at `path`; return its hash and length.
+    before_replace: Callable[[AudioInfo], None] | None = None,
+) -> AudioInfo:
+    """Atomically write `audio` at `path` in the writer's format; return its hash and length.
 
     `before_replace(info)` runs once the temp file is complete, just before the rename
-    (the batch loop journals the WAV there); if it raises, `path` is left untouched.
+    (the batch loop journals the file there); if it raises, `path` is left untouched.
     """
-    image, samples = pcm16_wav_bytes(audio, sample_rate)
-    info = WavInfo(
+    image, samples = writer.encode(audio, sample_rate)
+    info = AudioInfo(
         sha256=hashlib.sha256(image).hexdigest(),
         duration_s=round(samples / sample_rate, 6),
         samples=samples,
@@ -142,8 +125,8 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def wav_names_from_manifest(manifest: Path) -> Iterable[str]:
-    """Relative WAV paths of ok and resumed records, streamed in manifest order."""
+def audio_names_from_manifest(manifest: Path) -> Iterable[str]:
+    """Relative audio file paths (the `wav` key) of ok and resumed records, in manifest order."""
     with open(manifest, encoding="utf-8") as f:
         for text in f:
             record = json.loads(text)
@@ -152,15 +135,15 @@ def wav_names_from_manifest(manifest: Path) -> Iterable[str]:
 
 
 def write_zip(zip_path: Path, out_dir: Path, manifest: Path, summary: Path, *, fsync: bool = True) -> int:
-    """Package the run: every WAV the manifest lists (stored), then manifest and summary.
+    """Package the run: every audio file the manifest lists (stored), then manifest and summary.
 
     Streams the manifest, so memory stays flat apart from zipfile's central
-    directory. Returns the number of WAVs packed.
+    directory. Returns the number of audio files packed.
     """
     count = 0
     with atomic_target(zip_path, fsync=fsync) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for rel in wav_names_from_manifest(manifest):
+            for rel in audio_names_from_manifest(manifest):
                 zf.write(out_dir / rel, arcname=rel, compress_type=zipfile.ZIP_STORED)
                 count += 1
             zf.write(manifest, arcname=manifest.name, compress_type=zipfile.ZIP_DEFLATED)

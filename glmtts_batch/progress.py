@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from .log import PREFIX
+
 
 class Progress:
     """Counts lines as they finish. `enabled=None` picks the style from `stream.isatty()`."""
@@ -67,13 +69,13 @@ class Progress:
         return self.audio_s / wall if wall > 0 else 0.0
 
     def _postfix(self) -> str:
-        c = self.counts
-        return f"ok={c['ok']} failed={c['failed']} invalid={c['invalid']} skipped={c['skipped']} {self._speed():.2f} audio s/s"
+        counts = " ".join(f"{status}={n}" for status, n in self.counts.items())
+        return f"{counts} {self._speed():.2f} audio s/s"
 
     def _log_line(self, now: float) -> None:
         total = f"/{self.total}" if self.total else ""
         print(
-            f"glmtts-batch: {self.lines}{total} lines, {self._postfix()}, {now - self._start:.0f} s",
+            f"{PREFIX}{self.lines}{total} lines, {self._postfix()}, {now - self._start:.0f} s",
             file=self.stream,
             flush=True,
         )

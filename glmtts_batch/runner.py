@@ -14,12 +14,13 @@ exception (a broad `except BaseException`, or a ctypes callback, which prints an
 discards it) and return partial audio: a task whose call was abandoned is never
 written or journaled, whatever the engine did with the exception.
 
-A task never replaces a file under its final WAV name that this tool did not
+A task never replaces a file under its final name that this tool did not
 write (one the output folder's journal does not know, e.g. the voice prompt
 itself with `--out .`): that task is `failed` with field `output_name`.
-Exit codes: 0 all ok or resumed; 1 a task failed or a line was invalid;
-130 interrupted by SIGINT, 143 by SIGTERM (2, a run that cannot start, is
-raised as `RunError` before the loop).
+Exit codes (errors.py): 0 all ok or resumed; 1 a task failed or a line was
+invalid; 130 interrupted by SIGINT, 143 by SIGTERM (2, a run that cannot start,
+is raised as `RunError` before the loop). Records are built and the summary is
+assembled in manifest.py; the output format comes from `RunSettings.writer`.
 """
 
 from __future__ import annotations
@@ -30,58 +31,37 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .digests import FileDigests
 from .engines.base import Engine, Synthesis, SynthesisRequest
-from .errors import RunError, TaskError
+from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, RunError, TaskError
 from .manifest import (
     Journal,
     ManifestWriter,
-    engine_info_dict,
-    error_dict,
-    new_record,
+    Record,
+    RunFacts,
+    SkipReason,
+    Summary,
+    Tally,
+    effective_seed,
+    failed_record,
+    invalid_record,
+    make_summary,
+    ok_record,
     resume_key,
+    resumed_record,
+    skipped_record,
     write_summary,
 )
-from .outputs import WavInfo, write_wav, write_zip
+from .outputs import AudioInfo, write_audio, write_zip
 from .progress import Progress
 from .tasks import InvalidLine, Task, TaskOrInvalid
+from .writers import DEFAULT_WRITER, AudioWriter
 
-EXIT_OK = 0
-EXIT_TASKS_FAILED = 1
-EXIT_RUN_ERROR = 2
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What a run did. The same numbers are in summary.json."""
-
-    ok: int
-    failed: int
-    invalid: int
-    skipped: int
-    resumed: int  # skipped because an earlier run's WAV was reused
-    audio_seconds: float  # all WAVs in the manifest (ok + resumed)
-    wall_seconds: float
-    out_dir: Path
-    manifest: Path
-    summary: Path
-    zip: Path | None
-    exit_code: int
-    interrupted: str | None = None  # "SIGINT" / "SIGTERM"
-    stopped_early: bool = False  # max_failures reached
-
-    @property
-    def total(self) -> int:
-        return self.ok + self.failed + self.invalid + self.skipped
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {"ok": self.ok, "failed": self.failed, "invalid": self.invalid, "skipped": self.skipped}
+__all__ = ["BatchRunner", "RunSettings", "SignalGuard", "Summary", "is_out_of_memory"]
 
 
 @dataclass
@@ -96,6 +76,7 @@ class RunSettings:
     fsync: bool = True
     total_lines: int | None = None
     task_source: str | None = None
+    writer: AudioWriter = field(default=DEFAULT_WRITER)  # the output files' format and suffix
 
 
 class _Abandon(BaseException):
@@ -111,7 +92,7 @@ class SignalGuard:
         self._in_engine = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "SignalGuard":
+    def __enter__(self) -> SignalGuard:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -157,229 +138,191 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 class BatchRunner:
-    def __init__(self, engine: Engine, items: Iterator[TaskOrInvalid], settings: RunSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        items: Iterator[TaskOrInvalid],
+        settings: RunSettings,
+        *,
+        prompt_digests: FileDigests | None = None,
+    ) -> None:
         self.engine = engine
         self.info = engine.info
         self.items = items
-        self.s = settings
-        self.hash_prompt = FileDigests()
-        self.counts = {"ok": 0, "failed": 0, "invalid": 0, "skipped": 0}
-        self.resumed = 0
-        self.audio_seconds = 0.0
-        self.stop_reason: str | None = None
+        self.settings = settings
+        # Each prompt file is hashed once per run: for the resume key, and handed to the
+        # engine in the request so its prompt cache need not read the file again.
+        self.prompt_digests = prompt_digests or FileDigests()
+        self.tally = Tally()
+        self.stop_reason: SkipReason | None = None  # set: the remaining lines are not run
 
     def run(self) -> Summary:
         # Signals stay handled until the zip is written: a SIGTERM while finishing up
         # must not leave temp files (the run is complete by then, so it just finishes).
         with SignalGuard() as guard:
-            return self._run(guard)
+            started_at = _timestamp()
+            start = time.monotonic()
+            self._write_manifest(guard)
+            return self._finish(guard, started_at, time.monotonic() - start)
 
-    def _run(self, guard: "SignalGuard") -> Summary:
-        s = self.s
-        start = time.monotonic()
-        started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        progress = Progress(s.total_lines, enabled=s.progress)
+    def _write_manifest(self, guard: SignalGuard) -> None:
+        """Every line through `_process`, its record streamed to the manifest (committed at the end)."""
+        out_dir, fsync = self.settings.out_dir, self.settings.fsync
+        progress = Progress(self.settings.total_lines, enabled=self.settings.progress)
         try:
-            journal = self._journal = Journal(s.out_dir, fsync=s.fsync)
+            self._journal = Journal(out_dir, fsync=fsync)
         except OSError as e:
-            raise RunError(f"cannot open the resume journal {e.filename or s.out_dir}: {e.strerror or e}") from None
+            raise RunError(f"cannot open the resume journal {e.filename or out_dir}: {e.strerror or e}") from None
         try:
-            manifest = ManifestWriter(s.out_dir, fsync=s.fsync)
+            manifest = ManifestWriter(out_dir, fsync=fsync)
         except BaseException as e:
-            journal.close()
+            self._journal.close()
             if isinstance(e, OSError):
-                raise RunError(f"cannot write the manifest {e.filename or s.out_dir}: {e.strerror or e}") from None
+                raise RunError(f"cannot write the manifest {e.filename or out_dir}: {e.strerror or e}") from None
             raise
         try:
             for item in self.items:
                 record = self._process(item, guard)
                 manifest.write(record)
-                self.counts[record["status"]] += 1
-                audio = record["duration_s"] or 0.0
-                self.audio_seconds += audio
-                progress.update(record["status"], audio if record["status"] == "ok" else 0.0, line=record["line"])
+                self.tally.add(record)
+                audio_s = (record.duration_s or 0.0) if record.status == "ok" else 0.0
+                progress.update(record.status, audio_s, line=record.line)
                 if guard.signum is not None and self.stop_reason is None:
                     self.stop_reason = "interrupted"
             progress.close()
-            manifest_path = manifest.commit()
+            manifest.commit()
         except BaseException:
             manifest.abort()
             raise
         finally:
-            journal.close()
+            self._journal.close()
 
+    def _finish(self, guard: SignalGuard, started_at: str, wall_seconds: float) -> Summary:
+        """summary.json and the zip (or the removal of a stale one)."""
+        settings = self.settings
         signum = guard.signum  # a signal after this point lets the finished run complete
         interrupted = signal.Signals(signum).name if signum is not None else None
-        if signum is not None:
-            exit_code = EXIT_SIGNAL.get(signum, 128 + signum)
-        elif self.counts["failed"] or self.counts["invalid"]:
-            exit_code = EXIT_TASKS_FAILED
-        else:
-            exit_code = EXIT_OK
-
-        zip_path = s.out_dir / s.zip_name if s.make_zip and interrupted is None else None
-        wall = time.monotonic() - start
-        summary_doc = {
-            "counts": dict(self.counts),
-            "total": sum(self.counts.values()),
-            "resumed": self.resumed,
-            "not_run": self.counts["skipped"] - self.resumed,
-            "audio_seconds": round(self.audio_seconds, 3),
-            "wall_seconds": round(wall, 3),
-            "engine": engine_info_dict(self.info),
-            "engine_stats": _safe_stats(self.engine),
-            "seed": s.seed,
-            "resume": s.resume,
-            "max_failures": s.max_failures,
-            "stopped_early": self.stop_reason == "max_failures",
-            "interrupted": interrupted,
-            "task_source": s.task_source,
-            "out_dir": str(s.out_dir),
-            "manifest": manifest_path.name,
-            "zip": zip_path.name if zip_path else None,
-            "started_at": started_at,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "exit_code": exit_code,
-        }
-        summary_path = write_summary(s.out_dir, summary_doc, fsync=s.fsync)
-        stale_zip = s.out_dir / s.zip_name
-        if zip_path is not None:
-            write_zip(zip_path, s.out_dir, manifest_path, summary_path, fsync=s.fsync)
-        elif stale_zip.exists():
-            stale_zip.unlink()  # it would no longer match the manifest
-
-        return Summary(
-            ok=self.counts["ok"],
-            failed=self.counts["failed"],
-            invalid=self.counts["invalid"],
-            skipped=self.counts["skipped"],
-            resumed=self.resumed,
-            audio_seconds=round(self.audio_seconds, 3),
-            wall_seconds=round(wall, 3),
-            out_dir=s.out_dir,
-            manifest=manifest_path,
-            summary=summary_path,
-            zip=zip_path,
-            exit_code=exit_code,
+        zip_path = settings.out_dir / settings.zip_name
+        summary = make_summary(
+            self.tally,
+            out_dir=settings.out_dir,
+            wall_seconds=wall_seconds,
+            zip_path=zip_path if settings.make_zip and interrupted is None else None,
+            exit_code=self._exit_code(signum),
             interrupted=interrupted,
             stopped_early=self.stop_reason == "max_failures",
         )
+        facts = RunFacts(
+            engine=self.info,
+            engine_stats=_safe_stats(self.engine),
+            seed=settings.seed,
+            resume=settings.resume,
+            max_failures=settings.max_failures,
+            task_source=settings.task_source,
+            started_at=started_at,
+            finished_at=_timestamp(),
+        )
+        write_summary(summary, facts, fsync=settings.fsync)
+        if summary.zip is not None:
+            write_zip(summary.zip, settings.out_dir, summary.manifest, summary.summary, fsync=settings.fsync)
+        elif zip_path.exists():
+            zip_path.unlink()  # it would no longer match the manifest
+        return summary
+
+    def _exit_code(self, signum: int | None) -> int:
+        if signum is not None:
+            return EXIT_SIGNAL.get(signum, 128 + signum)
+        if self.tally.counts["failed"] or self.tally.counts["invalid"]:
+            return EXIT_TASKS_FAILED
+        return EXIT_OK
 
     # One line -----------------------------------------------------------------------------
 
-    def _process(self, item: TaskOrInvalid, guard: SignalGuard) -> dict[str, Any]:
+    def _process(self, item: TaskOrInvalid, guard: SignalGuard) -> Record:
         t0 = time.monotonic()
         if isinstance(item, InvalidLine):
-            record = new_record(
-                item.line,
-                output_name=item.output_name,
-                status="invalid",
-                engine=self.info.name,
-                model=self.info.model,
-                seed=item.seed if item.seed is not None else self.s.seed,
-                error=error_dict(item.error),
-            )
+            record = invalid_record(item, self.info, self.settings.seed)
         elif self.stop_reason is not None:
-            record = self._base_record(item)
-            record.update(status="skipped", reason=self.stop_reason)
+            record = skipped_record(item, self.info, self.settings.seed, self.stop_reason)
         else:
             record = self._run_task(item, guard)
-        record["elapsed_s"] = round(time.monotonic() - t0, 4)
+        record.elapsed_s = round(time.monotonic() - t0, 4)
         return record
 
-    def _base_record(self, task: Task) -> dict[str, Any]:
-        return new_record(
-            task.line,
-            output_name=task.output_name,
-            engine=self.info.name,
-            model=self.info.model,
-            seed=task.seed if task.seed is not None else self.s.seed,
-            text=task.text,
-            prompt_audio=str(task.prompt_audio) if task.prompt_audio else None,
-            prompt_text=task.prompt_text,
-            phoneme=task.phoneme,
-            warnings=[],
-            details={},
-        )
-
-    def _run_task(self, task: Task, guard: SignalGuard) -> dict[str, Any]:
-        record = self._base_record(task)
-        seed = record["seed"]
+    def _run_task(self, task: Task, guard: SignalGuard) -> Record:
+        seed = effective_seed(task, self.settings.seed)
         try:
-            prompt_sha = self.hash_prompt(task.prompt_audio) if task.prompt_audio else None
-            key = resume_key(task, seed, self.info, prompt_sha)
-            if self.s.resume:
-                old = self._journal.lookup(task, key)
-                if old is not None:
-                    self.resumed += 1
-                    return self._resumed_record(record, old)
-            wav_name = f"{task.output_name}.wav"
-            wav_path = self.s.out_dir / wav_name
-            # Checked before synthesis so no time is spent on audio that cannot be written.
-            if os.path.lexists(wav_path) and not self._journal.knows(task.output_name):
-                raise TaskError(
-                    f"{str(wav_path)!r} already exists and was not written by glmtts-batch; "
-                    "refusing to replace it (rename the task's output_name, move the file, or choose another --out)",
-                    field="output_name",
-                )
-            request = SynthesisRequest(
-                text=task.text,
-                prompt_audio=task.prompt_audio,
-                prompt_text=task.prompt_text,
-                seed=seed,
-                phoneme=task.phoneme,
-            )
-            with guard.engine_call():
-                synthesis = self.engine.synthesize(request)
-            if not isinstance(synthesis, Synthesis):
-                raise TaskError(f"engine returned {type(synthesis).__name__}, expected Synthesis")
-
-            def record_in_journal(info: WavInfo) -> None:
-                # Journaled before the rename, so no WAV of ours is ever unknown to the journal.
-                self._ok_record(record, wav_name, info, synthesis)
-                self._journal.append(key, record)
-
-            write_wav(wav_path, synthesis.audio, synthesis.sample_rate, fsync=self.s.fsync, before_replace=record_in_journal)
+            prompt_sha = self.prompt_digests(task.prompt_audio) if task.prompt_audio else None
+            key = resume_key(task, seed, self.info, prompt_sha, self.settings.writer)
+            journaled = self._journal.lookup(task, key) if self.settings.resume else None
+            if journaled is not None:
+                return resumed_record(task, self.info, self.settings.seed, journaled)
+            return self._synthesize(task, seed, key, prompt_sha, guard)
         except _Abandon:
-            record = self._base_record(task)  # drop whatever an ok record had been given
-            record.update(status="skipped", reason="interrupted")
             self.stop_reason = "interrupted"
-            return record
+            return skipped_record(task, self.info, self.settings.seed, "interrupted")
         except Exception as exc:  # noqa: BLE001 - one task's failure must not end the run
-            return self._failed_record(self._base_record(task), exc)
-        return record
+            return self._failed(task, exc)
 
-    @staticmethod
-    def _ok_record(record: dict[str, Any], wav_name: str, info: WavInfo, synthesis: Synthesis) -> None:
-        record.update(
-            status="ok",
-            wav=wav_name,
-            duration_s=info.duration_s,
-            sample_rate=info.sample_rate,
-            sha256=info.sha256,
-            warnings=[str(w) for w in synthesis.warnings],
-            details=dict(synthesis.details),
+    def _synthesize(self, task: Task, seed: int, key: str, prompt_sha: str | None, guard: SignalGuard) -> Record:
+        writer = self.settings.writer
+        file_name = f"{task.output_name}.{writer.suffix}"
+        path = self.settings.out_dir / file_name
+        # Checked before synthesis so no time is spent on audio that cannot be written.
+        if os.path.lexists(path) and not self._journal.knows(task.output_name):
+            raise TaskError(
+                f"{str(path)!r} already exists and was not written by glmtts-batch; "
+                "refusing to replace it (rename the task's output_name, move the file, or choose another --out)",
+                field="output_name",
+            )
+        request = SynthesisRequest(
+            text=task.text,
+            prompt_audio=task.prompt_audio,
+            prompt_text=task.prompt_text,
+            seed=seed,
+            phoneme=task.phoneme,
+            prompt_audio_sha256=prompt_sha,
         )
+        with guard.engine_call():
+            synthesis = self.engine.synthesize(request)
+        if not isinstance(synthesis, Synthesis):
+            raise TaskError(f"engine returned {type(synthesis).__name__}, expected Synthesis")
+        records: list[Record] = []
 
-    def _failed_record(self, record: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        def journal_before_rename(audio: AudioInfo) -> None:
+            # Journaled before the rename, so no file of ours is ever unknown to the journal.
+            records.append(ok_record(task, self.info, self.settings.seed, file_name, audio, synthesis))
+            self._journal.append(key, records[0])
+
+        write_audio(
+            path,
+            synthesis.audio,
+            synthesis.sample_rate,
+            writer=writer,
+            fsync=self.settings.fsync,
+            before_replace=journal_before_rename,
+        )
+        return records[0]
+
+    def _failed(self, task: Task, exc: Exception) -> Record:
         oom = is_out_of_memory(exc)
-        record.update(status="failed", error=error_dict(exc, type_name="OutOfMemoryError" if oom else None))
+        record = failed_record(task, self.info, self.settings.seed, exc, type_name="OutOfMemoryError" if oom else None)
         if oom:
             try:
                 self.engine.free_memory()
             except Exception as free_exc:  # noqa: BLE001
-                record["warnings"].append(f"free_memory failed after out-of-memory: {free_exc}")
+                assert record.warnings is not None
+                record.warnings.append(f"free_memory failed after out-of-memory: {free_exc}")
         # +1: this record is counted after _process returns.
-        failed = self.counts["failed"] + 1
-        if self.s.max_failures is not None and failed >= self.s.max_failures and self.stop_reason is None:
+        failed = self.tally.counts["failed"] + 1
+        max_failures = self.settings.max_failures
+        if max_failures is not None and failed >= max_failures and self.stop_reason is None:
             self.stop_reason = "max_failures"
-        return record
-
-    def _resumed_record(self, record: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-        for key in ("wav", "duration_s", "sample_rate", "sha256", "warnings", "details"):
-            record[key] = old.get(key)
-        record.update(status="skipped", resumed=True, reason="resumed")
         return record
 
 

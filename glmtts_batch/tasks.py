@@ -41,7 +41,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 from .errors import InvalidTaskError, PromptAudioError, RunError, TaskError
 
@@ -86,7 +86,7 @@ class InvalidLine:
     seed: int | None = None
 
 
-TaskOrInvalid = Union[Task, InvalidLine]
+TaskOrInvalid = Task | InvalidLine
 
 
 def is_skippable(text: str) -> bool:

@@ -13,6 +13,7 @@ import pytest
 
 from glmtts_batch.engines.base import Engine, EngineOptions, SynthesisRequest
 from glmtts_batch.engines.espeak import (
+    AUDIO_VERSION,
     RUN_PAUSE_S,
     EspeakEngine,
     TextRun,
@@ -45,7 +46,7 @@ def test_engine_info_describes_espeak(engine: EspeakEngine) -> None:
     assert engine.info.clones_voice is False
     assert engine.info.device == "cpu"
     assert engine.info.sample_rate == 24000
-    assert engine.info.settings == {"han_voice": "cmn", "latin_voice": "en"}  # what shapes its audio
+    assert engine.info.settings == {"han_voice": "cmn", "latin_voice": "en", "audio_version": AUDIO_VERSION}
     version = engine.info.model.removeprefix("espeak-ng ")
     assert version != engine.info.model and version[0].isdigit(), engine.info.model
 

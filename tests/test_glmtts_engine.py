@@ -27,7 +27,7 @@ from glmtts_batch.errors import (
     PromptAudioError,
     TaskError,
 )
-from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine
+from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine, engine_settings
 from glmtts_batch.glmtts.llm import GenerationOptions, SpeechLM
 
 FORCED = 6  # speech tokens per piece for the forced engines
@@ -197,9 +197,11 @@ def test_manifest_details_are_present_and_sane(engine, voice):
     assert d["phoneme"] is False
     assert engine.info.name == "glmtts" and engine.info.clones_voice
     assert re.fullmatch(r"glmtts:[0-9a-f]{16}", engine.info.model)  # weights identity, not the folder name
-    assert engine.info.settings == {
-        "llm_dtype": "fp32", "flow_dtype": "fp32", "prompt_cache": True, "phoneme_dict_sha256": None, "sampling_rng": "fast"
-    }
+    settings = engine.info.settings
+    assert (settings["dtype"], settings["flow_dtype"], settings["prompt_cache"], settings["phoneme_dict_sha256"]) == (
+        "fp32", "fp32", True, None)
+    assert settings["sampling_rng"] == "fast" and settings["generation"]["sample_method"] == "ras" and "device" not in settings
+    assert settings == engine_settings(engine.options, engine.generation)  # what test_resume_settings covers
 
 
 # ------------------------------------------------------------------------------- seeding

@@ -171,3 +171,15 @@ def test_clear_keeps_counters(prompt_file):
 def test_rejects_empty_capacity():
     with pytest.raises(ValueError):
         PromptCache(max_entries=0)
+
+
+def test_a_digest_from_the_caller_is_used_without_reading_the_file(prompt_file):
+    # The batch loop hashes each prompt once (resume key) and hands the digest over.
+    from glmtts_batch.digests import sha256_file
+
+    cache, compute = PromptCache(), Computer()
+    digest = sha256_file(prompt_file)
+    first = cache.get_or_compute(prompt_file, "hi", compute, digest=digest)
+    assert cache.files_hashed == 0
+    assert cache.get_or_compute(prompt_file, "hi", compute) is first  # same key as the file's own hash
+    assert cache.files_hashed == 1 and (cache.hits, cache.misses, compute.calls) == (1, 1, 1)

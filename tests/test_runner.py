@@ -545,3 +545,13 @@ def test_start_up_os_errors_are_run_errors_naming_the_path(tmp_path: Path) -> No
     (out2 / ".glmtts-batch" / "journal.jsonl").mkdir(parents=True)
     with pytest.raises(RunError, match="journal.jsonl"):
         run(f, out2)
+
+
+def test_the_engine_gets_each_prompts_hash_so_it_is_read_once(tmp_path: Path) -> None:
+    (tmp_path / "voice.wav").write_bytes(b"prompt bytes")
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": t, "prompt_audio": "voice.wav"} for t in "abc"]
+                        + [{"input_text": "d"}])
+    engine = FakeEngine()
+    run(tasks, tmp_path / "out", engine=engine)
+    expected = hashlib.sha256(b"prompt bytes").hexdigest()
+    assert [r.prompt_audio_sha256 for r in engine.requests] == [expected, expected, expected, None]

@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from glmtts_batch.settings import by_content, run_only
+
 
 @dataclass(frozen=True)
 class EngineInfo:
@@ -25,26 +27,31 @@ class EngineInfo:
     sample_rate: int  # every Synthesis from this engine has this rate
     device: str  # "cpu", "cuda:0", ...
     clones_voice: bool  # False: prompt audio is ignored (the manifest says so)
-    # Run settings that shape the audio without changing the model (dtypes, the long-text
-    # prompt cache, a phoneme dictionary's content hash). Part of the resume key, so a
-    # change redoes the affected tasks. Device and KV cache are left out on purpose:
-    # a seed fixes the audio on one device only, and the KV cache does not change tokens.
+    # Everything besides the model that shapes the audio: the engine's configuration
+    # dataclasses less their `run_only` fields (see glmtts_batch.settings) and the engine's
+    # AUDIO_VERSION. Part of the resume key, so a change redoes the affected tasks.
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Run-wide engine settings from the CLI or the Python API."""
+    """Run-wide engine settings from the CLI or the Python API.
 
-    model_dir: Path | None = None  # GLM-TTS checkpoint folder (or GLMTTS_MODEL_DIR)
-    campplus: Path | None = None  # CAM++ ONNX file, if not at <model_dir>/frontend/campplus.onnx
-    device: str = "auto"  # auto | cuda | cpu
+    Every field is part of the resume key (through `EngineInfo.settings`) unless
+    declared `run_only`: the checkpoint paths stand in the key by the checkpoint's
+    fingerprint (`EngineInfo.model`), a seed fixes the audio on one device only, and
+    the KV cache does not change the tokens.
+    """
+
+    model_dir: Path | None = run_only(None)  # GLM-TTS checkpoint folder (or GLMTTS_MODEL_DIR)
+    campplus: Path | None = run_only(None)  # CAM++ ONNX file, if not at <model_dir>/frontend/campplus.onnx
+    device: str = run_only("auto")  # auto | cuda | cpu
     sample_rate: int = 24000  # 24000 (HiFT) | 32000 (Vocos2D)
     dtype: str = "fp32"  # LLM dtype: fp32 | bf16 | fp16
     flow_dtype: str = "fp32"  # flow dtype; half precision is reported to add hiss, so opt-in
-    kv_cache: bool = True
+    kv_cache: bool = run_only(True)
     prompt_cache: bool = True  # long-text prompt-history cache
-    phoneme_dict: Path | None = None  # JSONL word -> pinyin-with-tone overrides
+    phoneme_dict: Path | None = by_content()  # JSONL word -> pinyin-with-tone overrides
     # LLM random-number use: "fast" (vectorised) or "upstream" (upstream GLM-TTS's tokens for
     # a seed; a host sync per step).
     sampling_rng: str = "fast"
@@ -61,6 +68,10 @@ class SynthesisRequest:
     # Chinese phoneme (G2P) mode, GLM-TTS only. None: the run's default (on when a
     # --phoneme-dict is given), so a task can still opt out with `"phoneme": false`.
     phoneme: bool | None = None
+    # sha256 of the prompt audio's bytes when the caller already has it (the batch loop
+    # hashes each prompt once for the resume key): an engine keys its prompt cache on it
+    # instead of reading the file again.
+    prompt_audio_sha256: str | None = None
 
 
 @dataclass

@@ -39,12 +39,15 @@ from glmtts_batch.engines.base import (
     SynthesisRequest,
 )
 from glmtts_batch.errors import EngineLoadError, TaskError
+from glmtts_batch.settings import audio_settings
 
 HAN_VOICE = "cmn"
 LATIN_VOICE = "en"
 RUN_PAUSE_S = 0.15  # silence between two script runs of one task
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 96000
+# Bump when the audio for the same text and voices changes (resumed runs then redo their tasks).
+AUDIO_VERSION = 1
 
 # espeak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # samples go to the callback, espeak_Synth returns when done
@@ -288,8 +291,11 @@ def _default_paths() -> tuple[str, str]:
 def _shared_espeak(library_path: str | None, data_path: str | None) -> _Espeak:
     with _Process.lock:
         if _Process.espeak is None:
-            default_lib, default_data = (None, None) if library_path and data_path else _default_paths()
-            _Process.espeak = _Espeak(library_path or default_lib, data_path or default_data)
+            if library_path and data_path:
+                _Process.espeak = _Espeak(library_path, data_path)
+            else:
+                default_lib, default_data = _default_paths()
+                _Process.espeak = _Espeak(library_path or default_lib, data_path or default_data)
             return _Process.espeak
         espeak = _Process.espeak
         wanted = (library_path or espeak.library_path, data_path or espeak.data_path)
@@ -302,6 +308,14 @@ def _shared_espeak(library_path: str | None, data_path: str | None) -> _Espeak:
 
 
 # --------------------------------------------------------------------------- the engine
+
+
+@dataclass(frozen=True)
+class EspeakVoices:
+    """The engine's configuration besides the sample rate; all of it shapes the audio."""
+
+    han_voice: str = HAN_VOICE
+    latin_voice: str = LATIN_VOICE
 
 
 class EspeakEngine:
@@ -343,8 +357,8 @@ class EspeakEngine:
             sample_rate=sample_rate,
             device="cpu",
             clones_voice=False,
-            # The voices shape the audio (part of the resume key); dtypes and the like do not apply.
-            settings={"han_voice": han_voice, "latin_voice": latin_voice},
+            # Only the voices and the sample rate shape espeak's audio (dtypes and the like do not apply).
+            settings={**audio_settings(EspeakVoices(han_voice, latin_voice)), "audio_version": AUDIO_VERSION},
         )
         self._tasks = 0
         self._characters = 0

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from glmtts_batch.engines.base import Engine, EngineOptions
 from glmtts_batch.errors import EngineLoadError, GlmttsBatchError
+from glmtts_batch.log import Log, log_to_stderr
 
 ENGINE_NAMES = ("auto", "glmtts", "espeak")
 MODEL_DIR_ENV = "GLMTTS_MODEL_DIR"
@@ -27,10 +26,6 @@ DOWNLOAD_HINT = (
     f"then pass --model-dir DIR or set {MODEL_DIR_ENV}=DIR "
     "(or use --engine espeak for the offline engine, which does not clone voices)."
 )
-
-
-def _print_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def banner(message: str) -> str:
@@ -48,7 +43,7 @@ def configured_model_dir(options: EngineOptions) -> tuple[Path, str] | None:
     return None
 
 
-def load_engine(name: str, options: EngineOptions, *, log: Callable[[str], None] = _print_stderr) -> Engine:
+def load_engine(name: str, options: EngineOptions, *, log: Log = log_to_stderr) -> Engine:
     """Load the engine called `name` ("auto", "glmtts" or "espeak") for a run.
 
     Raises `EngineLoadError` for an unknown name, for `glmtts` without a checkpoint,
@@ -79,13 +74,13 @@ def load_engine(name: str, options: EngineOptions, *, log: Callable[[str], None]
     return _load_espeak(options, log)
 
 
-def _load_espeak(options: EngineOptions, log: Callable[[str], None]) -> Engine:
+def _load_espeak(options: EngineOptions, log: Log) -> Engine:
     from glmtts_batch.engines.espeak import EspeakEngine
 
     return EspeakEngine.load(options, log=log)
 
 
-def _load_glmtts(options: EngineOptions, model_dir: Path, source: str, log: Callable[[str], None]) -> Engine:
+def _load_glmtts(options: EngineOptions, model_dir: Path, source: str, log: Log) -> Engine:
     if not model_dir.is_dir():
         raise EngineLoadError(f"GLM-TTS checkpoint folder {model_dir} (from {source}) does not exist.\n{DOWNLOAD_HINT}")
     try:

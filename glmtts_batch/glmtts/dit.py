@@ -25,8 +25,8 @@ upstream's numbers, and the valid frames of a padded batch equal each item run a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -57,17 +57,17 @@ class DiTConfig:
     time_freq_dim: int = 256
 
     @classmethod
-    def full(cls) -> "DiTConfig":
+    def full(cls) -> DiTConfig:
         """The released checkpoint (upstream `Flow` defaults with `big_model: False`)."""
         return cls()
 
     @classmethod
-    def tiny(cls) -> "DiTConfig":
+    def tiny(cls) -> DiTConfig:
         """The golden-vector dims: small enough for unit tests."""
         return cls(dim=128, depth=2, heads=2, text_vocab_size=300, text_emb_dim=64)
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, Tensor], *, prefix: str = "", where: str = "flow") -> "DiTConfig":
+    def from_state_dict(cls, sd: Mapping[str, Tensor], *, prefix: str = "", where: str = "flow") -> DiTConfig:
         """Infer every dim from tensor shapes, so the tiny golden file and the real file load alike."""
 
         def shape(key: str) -> tuple[int, ...]:

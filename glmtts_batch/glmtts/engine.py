@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from glmtts_batch.digests import sha256_file
 from glmtts_batch.engines.base import (
     EngineInfo,
     EngineOptions,
@@ -41,13 +38,21 @@ from glmtts_batch.glmtts.text.frontend import TextFrontend
 from glmtts_batch.glmtts.text.g2p import PhonemeDict
 from glmtts_batch.glmtts.text.tokenizer import SpecialTokens, TextTokenizer
 from glmtts_batch.glmtts.vocos import Vocos2D
+from glmtts_batch.log import Log, log_to_stderr
+from glmtts_batch.settings import audio_settings
 
 SPEAKER_RATE = 16000  # CAM++ and the speech tokenizer both take 16 kHz audio
 CROSSFADE_MS = 20.0
+# Bump when the audio for the same inputs, checkpoint and options changes (a fix in the
+# flow, the vocoder, text normalisation, ...): it is in the resume key, so resumed runs
+# redo their tasks instead of mixing old and new audio.
+AUDIO_VERSION = 1
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def engine_settings(options: EngineOptions, generation: GenerationOptions) -> dict[str, Any]:
+    """`EngineInfo.settings`: built from the configuration itself, so a new audio-shaping
+    option is in the resume key without anyone remembering to add it (glmtts_batch.settings)."""
+    return {**audio_settings(options), "generation": audio_settings(generation), "audio_version": AUDIO_VERSION}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,13 +103,7 @@ class GlmTtsEngine:
             sample_rate=options.sample_rate,
             device=str(device),
             clones_voice=True,
-            settings={
-                "llm_dtype": options.dtype,
-                "flow_dtype": options.flow_dtype,
-                "prompt_cache": options.prompt_cache,
-                "phoneme_dict_sha256": sha256_file(options.phoneme_dict) if options.phoneme_dict else None,
-                "sampling_rng": options.sampling_rng,
-            },
+            settings=engine_settings(options, generation),
         )
 
     @classmethod
@@ -112,7 +111,7 @@ class GlmTtsEngine:
         cls,
         options: EngineOptions,
         *,
-        log: Callable[[str], None] = _stderr,
+        log: Log = log_to_stderr,
         force_tokens: int | None = None,
     ) -> GlmTtsEngine:
         """Validate the checkpoint folder, then load every model once.
@@ -176,7 +175,10 @@ class GlmTtsEngine:
         clock = _StageClock(self.device)
 
         prompt = self.prompts.get_or_compute(
-            request.prompt_audio, request.prompt_text, lambda: self.prompt_features(request.prompt_audio, request.prompt_text)
+            request.prompt_audio,
+            request.prompt_text,
+            lambda: self.prompt_features(request.prompt_audio, request.prompt_text),
+            digest=request.prompt_audio_sha256,
         )
         phoneme = request.phoneme if request.phoneme is not None else self.options.phoneme_dict is not None
         spoken = [(piece, ids) for piece in m.text.pieces(request.text, phoneme=phoneme) if (ids := m.text.ids(piece))]

@@ -66,7 +66,7 @@ class FlowSettings:
     inference_cfg_rate: float = 0.7  # upstream hard-codes it; not a constructor argument
 
     @classmethod
-    def released(cls) -> "FlowSettings":
+    def released(cls) -> FlowSettings:
         return cls(
             mel_dim=80,
             mel_framerate=50,
@@ -180,7 +180,7 @@ class FlowDecoder(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         config_path: str | Path | None = None,
-    ) -> "FlowDecoder":
+    ) -> FlowDecoder:
         return load_flow(path, device, dtype, config_path=config_path)
 
     # ------------------------------------------------------------------ inference

@@ -55,6 +55,7 @@ from glmtts_batch.glmtts.weights import (
     read_state_dict,
     write_safetensors_stream,
 )
+from glmtts_batch.settings import run_only
 
 # Upstream `MAX_LLM_SEQ_INP_LEN`: budget for cached + expected speech tokens in the prompt.
 PROMPT_HISTORY_LIMIT = 750
@@ -240,7 +241,7 @@ class GenerationOptions:
     top_k: int = 25  # for sample_method="topk" (upstream's `sampling`)
     min_token_text_ratio: float = 2.0
     max_token_text_ratio: float = 20.0
-    kv_cache: bool = True  # False: recompute the whole sequence each step (less memory)
+    kv_cache: bool = run_only(True)  # False: recompute the whole sequence each step (less memory)
     # Benchmarks: ignore eoa and generate exactly this many tokens (random weights never stop).
     force_tokens: int | None = None
     # "upstream": spend random numbers exactly as upstream GLM-TTS does (same seed, same

@@ -22,8 +22,6 @@ import torch
 from glmtts_batch.digests import FileDigests
 from glmtts_batch.errors import PromptAudioError
 
-_HASH_CHUNK = 1 << 20
-
 
 @dataclass(frozen=True)
 class PromptFeatures:
@@ -75,13 +73,20 @@ class PromptCache:
             raise PromptAudioError(f"prompt audio {path}: cannot be read ({exc.strerror or exc})") from exc
 
     def get_or_compute(
-        self, path: str | Path, prompt_text: str, compute: Callable[[], PromptFeatures]
+        self,
+        path: str | Path,
+        prompt_text: str,
+        compute: Callable[[], PromptFeatures],
+        *,
+        digest: str | None = None,
     ) -> PromptFeatures:
         """The cached features for this prompt, or `compute()` stored as the newest entry.
 
+        `digest` is the file's sha256 when the caller has it already (the batch loop
+        hashes every prompt for its resume key), so the file is hashed once per run.
         An exception from `compute` propagates and nothing is stored (the miss still counts).
         """
-        key = (self.digest(path), prompt_text, self.sample_rate)
+        key = (digest or self.digest(path), prompt_text, self.sample_rate)
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)

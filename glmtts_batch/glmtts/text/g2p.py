@@ -36,7 +36,7 @@ from pathlib import Path
 from pypinyin import Style, pinyin
 from pypinyin.contrib.tone_convert import to_finals_tone3, to_initials
 
-from glmtts_batch.errors import RunError
+from glmtts_batch.errors import PhonemeDictError
 
 INITIALS = ("B", "C", "CH", "D", "F", "G", "H", "J", "K", "L", "M", "N", "P", "Q", "R", "S", "SH", "T", "X", "Z", "ZH")
 FINALS = (
@@ -69,10 +69,6 @@ def is_chinese(char: str) -> bool:
         or 0x2F800 <= cp <= 0x2FA1F
         or 0x2E80 <= cp <= 0x2EFF
     )
-
-
-class PhonemeDictError(RunError):
-    """The phoneme dictionary file is unreadable or has a bad line (named in the message)."""
 
 
 def syllable_phonemes(syllable: str) -> list[str]:
