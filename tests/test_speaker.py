@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from glmtts_batch.errors import EngineLoadError, PromptAudioError
+from glmtts_batch.glmtts.checkpoint_writers.campplus import write_random_campplus
 from glmtts_batch.glmtts.speaker import (
     EMBEDDING_DIM,
     SpeakerEncoder,
     kaldi_fbank,
-    write_test_campplus,
 )
 
 RATE = 16000
@@ -62,13 +62,13 @@ def speechish(seconds: float, seed: int, f0: float = 140.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def campplus(tmp_path_factory):
     path = tmp_path_factory.mktemp("campplus") / "campplus.onnx"
-    write_test_campplus(path, seed=0)
+    write_random_campplus(path, seed=0)
     return path
 
 
 @pytest.fixture(scope="module")
 def encoder(campplus):
-    return SpeakerEncoder(campplus, "cpu", threads=1)
+    return SpeakerEncoder.from_checkpoint(campplus, "cpu", threads=1)
 
 
 # --- fbank ----------------------------------------------------------------------------
@@ -142,12 +142,12 @@ def test_different_audio_gives_different_embeddings(encoder):
 
 def test_same_model_seed_same_embedding(tmp_path, encoder):
     again = tmp_path / "again.onnx"
-    write_test_campplus(again, seed=0)
+    write_random_campplus(again, seed=0)
     other = tmp_path / "other.onnx"
-    write_test_campplus(other, seed=1)
+    write_random_campplus(other, seed=1)
     x = speechish(1.2, seed=8)
-    np.testing.assert_array_equal(SpeakerEncoder(again, threads=1).embed(x), encoder.embed(x))
-    assert not np.allclose(SpeakerEncoder(other, threads=1).embed(x), encoder.embed(x))
+    np.testing.assert_array_equal(SpeakerEncoder.from_checkpoint(again, threads=1).embed(x), encoder.embed(x))
+    assert not np.allclose(SpeakerEncoder.from_checkpoint(other, threads=1).embed(x), encoder.embed(x))
 
 
 def test_audio_too_short_for_one_frame_is_a_prompt_error(encoder):
@@ -182,7 +182,7 @@ def test_model_with_wrong_output_size_is_rejected_at_load(tmp_path):
     path = tmp_path / "emb256.onnx"
     _write_linear_model(path, bins=80, out_dim=256)
     with pytest.raises(EngineLoadError, match=r"returned 256 values.*expected 192") as info:
-        SpeakerEncoder(path)
+        SpeakerEncoder.from_checkpoint(path)
     assert str(path) in str(info.value)
 
 
@@ -190,16 +190,16 @@ def test_model_with_wrong_input_bins_is_rejected_at_load(tmp_path):
     path = tmp_path / "bins40.onnx"
     _write_linear_model(path, bins=40, out_dim=192)
     with pytest.raises(EngineLoadError, match=r"first input 'feats'.*\(batch, frames, 80\)"):
-        SpeakerEncoder(path)
+        SpeakerEncoder.from_checkpoint(path)
 
 
 def test_non_onnx_file_is_rejected(tmp_path):
     path = tmp_path / "campplus.onnx"
     path.write_bytes(b"\x00not a protobuf at all" * 10)
     with pytest.raises(EngineLoadError, match="cannot be loaded as an ONNX model"):
-        SpeakerEncoder(path)
+        SpeakerEncoder.from_checkpoint(path)
 
 
 def test_missing_model_file(tmp_path):
     with pytest.raises(EngineLoadError, match="not found"):
-        SpeakerEncoder(tmp_path / "absent.onnx")
+        SpeakerEncoder.from_checkpoint(tmp_path / "absent.onnx")

@@ -13,7 +13,6 @@ from the tensor shapes (`DiTConfig.from_state_dict`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,29 +25,6 @@ from torch import Tensor, nn
 from glmtts_batch.errors import CheckpointError
 from glmtts_batch.glmtts.dit import DiT, DiTConfig, block_attention_mask
 from glmtts_batch.glmtts.weights import load_module, read_state_dict
-
-__all__ = [
-    "DiTConfig",
-    "FlowSettings",
-    "FlowDecoder",
-    "read_flow_settings",
-    "load_flow",
-    "random_flow_state_dict",
-    "random_flow_checkpoint",
-    "write_flow_config",
-    "cosine_t_span",
-    "mel_length",
-    "RELEASED_CONFIG_YAML",
-]
-
-# The released `flow/config.yaml`, verbatim.
-RELEASED_CONFIG_YAML = """flow: !new:flow.flow.Flow
-    spkr_emb_adaLN: True
-    speech_token_cfg: False
-    remove_spkr_concat_condition: True
-    mel_dim: 80
-    mel_framerate: 50
-    input_frame_rate: 25"""
 
 
 @dataclass(frozen=True)
@@ -121,15 +97,6 @@ def read_flow_settings(path: str | Path) -> FlowSettings:
     return settings
 
 
-def write_flow_config(directory: str | Path) -> Path:
-    """Write the released `config.yaml` into `directory` (created if needed); returns its path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "config.yaml"
-    path.write_text(RELEASED_CONFIG_YAML, encoding="utf-8")
-    return path
-
-
 def cosine_t_span(n_timesteps: int, device: torch.device | str | None = None) -> Tensor:
     """(n + 1,) flow times `1 - cos(linspace(0, 1, n + 1) * pi / 2)`: small steps near the noise."""
     t = torch.linspace(0, 1, n_timesteps + 1, device=device)
@@ -181,7 +148,22 @@ class FlowDecoder(nn.Module):
         *,
         config_path: str | Path | None = None,
     ) -> "FlowDecoder":
-        return load_flow(path, device, dtype, config_path=config_path)
+        """Load the released flow decoder unchanged.
+
+        `path` is the `flow/` folder or its `flow.pt` (a raw state dict or `{"model": sd}`);
+        `config.yaml` is read from beside it unless `config_path` is given. Keys must match
+        exactly (CheckpointError names every missing, unexpected or mis-shaped key); tensors
+        go straight to `device` and `dtype`.
+        """
+        ckpt, config = _flow_files(Path(path), config_path)
+        if not ckpt.is_file():
+            raise CheckpointError(f"{ckpt}: flow checkpoint not found")
+        if not config.is_file():
+            raise CheckpointError(f"{config}: flow config not found")
+        settings = read_flow_settings(config)
+        state = read_state_dict(ckpt, device=device)
+        dit_config = DiTConfig.from_state_dict(state, prefix="estimator.", where=str(ckpt))
+        return load_module(lambda: cls(dit_config, settings), state, where=str(ckpt), device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ inference
 
@@ -392,83 +374,7 @@ class FlowDecoder(nn.Module):
         return x
 
 
-# ---------------------------------------------------------------------- loading
-
-
 def _flow_files(path: Path, config_path: str | Path | None) -> tuple[Path, Path]:
     ckpt = path / "flow.pt" if path.is_dir() else path
     config = Path(config_path) if config_path is not None else ckpt.parent / "config.yaml"
     return ckpt, config
-
-
-def load_flow(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    *,
-    config_path: str | Path | None = None,
-) -> FlowDecoder:
-    """Load the released flow decoder unchanged.
-
-    `path` is the `flow/` folder or its `flow.pt`; `config.yaml` is read from beside it unless
-    `config_path` is given. Keys must match exactly (CheckpointError names every missing,
-    unexpected or mis-shaped key); tensors go straight to `device` and `dtype`.
-    """
-    ckpt, config = _flow_files(Path(path), config_path)
-    if not ckpt.is_file():
-        raise CheckpointError(f"{ckpt}: flow checkpoint not found")
-    if not config.is_file():
-        raise CheckpointError(f"{config}: flow config not found")
-    settings = read_flow_settings(config)
-    state = read_state_dict(ckpt, device=device)
-    dit_config = DiTConfig.from_state_dict(state, prefix="estimator.", where=str(ckpt))
-    return load_module(lambda: FlowDecoder(dit_config, settings), state, where=str(ckpt), device=device, dtype=dtype)
-
-
-# ---------------------------------------------------------------------- random checkpoints
-
-
-def _random_tensor(name: str, shape: torch.Size, config: DiTConfig, g: torch.Generator) -> Tensor:
-    """Weights that keep activations in a sane range: N(0, 1/fan_in) matrices, small biases."""
-    leaf = name.rsplit(".", 1)[-1]
-    if name.endswith("rotary_embed.inv_freq"):
-        d = config.dim_head
-        return 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    if name.endswith("text_embed.weight"):
-        return torch.randn(shape, generator=g)
-    if ".norm." in name:  # ConvNeXt LayerNorm affine
-        return (1.0 if leaf == "weight" else 0.0) + 0.1 * torch.randn(shape, generator=g)
-    if leaf in ("gamma", "beta"):  # GRN (upstream zero-inits; non-zero so it is exercised)
-        return 0.1 * torch.randn(shape, generator=g)
-    if leaf == "bias":
-        return 0.02 * torch.randn(shape, generator=g)
-    fan_in = math.prod(shape[1:])
-    return torch.randn(shape, generator=g) / math.sqrt(fan_in)
-
-
-def random_flow_state_dict(config: DiTConfig, seed: int = 0) -> dict[str, Tensor]:
-    """Random float32 weights in exactly the released key layout (`estimator.*`)."""
-    with torch.device("meta"):
-        shapes = {f"estimator.{k}": v.shape for k, v in DiT(config).state_dict().items()}
-    g = torch.Generator().manual_seed(seed)
-    return {name: _random_tensor(name, shape, config, g).float().contiguous() for name, shape in shapes.items()}
-
-
-def random_flow_checkpoint(path: str | Path, preset: str | DiTConfig = "tiny", seed: int = 0) -> Path:
-    """Write a random `flow.pt` (raw state dict) and the released `config.yaml`.
-
-    `path` is the `flow/` folder or the `flow.pt` file to write; preset "tiny", "full"
-    (~0.9 GB) or a DiTConfig. Returns the path of `flow.pt`.
-    """
-    if isinstance(preset, DiTConfig):
-        config = preset
-    elif preset in ("tiny", "full"):
-        config = getattr(DiTConfig, preset)()
-    else:
-        raise ValueError(f"unknown flow preset {preset!r} (tiny | full)")
-    path = Path(path)
-    ckpt = path if path.suffix == ".pt" else path / "flow.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(random_flow_state_dict(config, seed), ckpt)
-    write_flow_config(ckpt.parent)
-    return ckpt
