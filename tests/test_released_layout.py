@@ -146,7 +146,11 @@ def test_campplus_bytes_equal_the_onnx_packages_model_of_the_same_graph() -> Non
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from glmtts_batch.glmtts.checkpoint_writers.campplus import IR_VERSION, OPSET, campplus_stand_in_bytes
+    from glmtts_batch.glmtts.checkpoint_writers.campplus import (
+        IR_VERSION,
+        OPSET,
+        campplus_stand_in_bytes,
+    )
 
     rng = np.random.default_rng(3)
     weights = {
