@@ -191,19 +191,19 @@ class MelExtractor:
             raise ValueError(f"expected a (B, N) waveform, got shape {tuple(wav.shape)}")
         if not wav.is_floating_point():
             raise ValueError(f"expected a floating-point waveform, got {wav.dtype}")
-        s = self.settings
-        pad = (s.n_fft - s.hop) // 2
+        settings = self.settings
+        pad = (settings.n_fft - settings.hop) // 2
         if wav.shape[1] <= pad:
-            raise ValueError(f"waveform of {wav.shape[1]} samples is too short for a {s.sample_rate} Hz mel frame")
+            raise ValueError(f"waveform of {wav.shape[1]} samples is too short for a {settings.sample_rate} Hz mel frame")
         basis, window = self._tensors(wav.device, wav.dtype)
         # Reflect padding with center=False keeps frames aligned to hop boundaries: frame t
         # is centred on sample t*hop + hop/2.
         x = torch.nn.functional.pad(wav.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)  # (B, N + 2*pad)
         spec = torch.stft(
             x,
-            s.n_fft,
-            hop_length=s.hop,
-            win_length=s.win,
+            settings.n_fft,
+            hop_length=settings.hop,
+            win_length=settings.win,
             window=window,
             center=False,
             normalized=False,

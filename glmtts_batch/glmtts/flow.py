@@ -120,6 +120,49 @@ class _Conditioning:
     block_mask: Tensor | None  # (T, T) bool
 
 
+@dataclass(frozen=True)
+class _ItemLengths:
+    """Per-item lengths of a padded batch, as host lists (each of length B)."""
+
+    tokens: list[int]
+    prompt_tokens: list[int]
+    prompt_mel: list[int]
+    total_tokens: list[int]  # prompt + target tokens
+    frames: list[int]  # mel frames of prompt + target: `mel_length(total_tokens)`
+
+    @classmethod
+    def of(
+        cls,
+        batch: int,
+        token_lengths: Tensor,
+        prompt_token_lengths: Tensor,
+        prompt_mel_lengths: Tensor,
+        settings: FlowSettings,
+        *batched: Tensor,
+    ) -> _ItemLengths:
+        lengths = [
+            torch.as_tensor(x, dtype=torch.long).cpu().tolist()
+            for x in (token_lengths, prompt_token_lengths, prompt_mel_lengths)
+        ]
+        if any(len(x) != batch for x in lengths) or any(t.shape[0] != batch for t in batched):
+            raise ValueError("tokens, prompt tokens, prompt mel, embedding and their lengths must share the batch size")
+        n_tokens, n_prompt, n_mel = lengths
+        total = [p + n for p, n in zip(n_prompt, n_tokens)]
+        frames = [mel_length(n, settings) for n in total]
+        if min(total) <= 0 or min(frames) <= 0:
+            raise ValueError("every item needs at least one token (prompt + target) and one mel frame")
+        return cls(n_tokens, n_prompt, n_mel, total, frames)
+
+
+def _after_prompt(x: Tensor, lengths: _ItemLengths) -> tuple[Tensor, Tensor]:
+    """Final state (B, Tmax, mel) -> the frames after each prompt, (B, mel, Tout_max) zero-padded, and Tout (B,)."""
+    out_lengths = [max(0, f - p) for f, p in zip(lengths.frames, lengths.prompt_mel)]
+    mel = torch.zeros(x.shape[0], max(out_lengths), x.shape[2], dtype=x.dtype, device=x.device)
+    for i, (start, end) in enumerate(zip(lengths.prompt_mel, lengths.frames)):
+        mel[i, : out_lengths[i]] = x[i, start:end]
+    return mel.transpose(1, 2), torch.tensor(out_lengths)
+
+
 class FlowDecoder(nn.Module):
     """`estimator` (the DiT) plus the ODE sampler. State-dict keys equal the released flow.pt."""
 
@@ -239,58 +282,68 @@ class FlowDecoder(nn.Module):
         `on_step(step, x)` sees the state entering each Euler step (1-based).
         Returns mel (B, mel_dim, Tout_max) zero-padded, and mel_lengths (B,).
         """
-        s = self.settings
         device = self.estimator.proj_out.weight.device
-        dtype = self.estimator.proj_out.weight.dtype
-        cfg = s.inference_cfg_rate if cfg_rate is None else cfg_rate
-        b = tokens.shape[0]
-        lengths = [torch.as_tensor(x, dtype=torch.long).cpu().tolist() for x in (token_lengths, prompt_token_lengths, prompt_mel_lengths)]
-        if any(len(x) != b for x in lengths) or prompt_tokens.shape[0] != b or prompt_mel.shape[0] != b or embedding.shape[0] != b:
-            raise ValueError("tokens, prompt tokens, prompt mel, embedding and their lengths must share the batch size")
-        n_tok, n_ptok, n_pmel = lengths
-        total_tokens = [p + n for p, n in zip(n_ptok, n_tok)]
-        feat_lengths = [mel_length(n, s) for n in total_tokens]
-        if min(total_tokens) <= 0 or min(feat_lengths) <= 0:
-            raise ValueError("every item needs at least one token (prompt + target) and one mel frame")
-        t_max = max(feat_lengths)
+        batch = tokens.shape[0]
+        lengths = _ItemLengths.of(
+            batch, token_lengths, prompt_token_lengths, prompt_mel_lengths, self.settings, prompt_tokens, prompt_mel, embedding
+        )
+        self._check_token_ids(tokens, prompt_tokens)
+        conditioning, padding_mask = self._conditioning(
+            tokens, prompt_tokens, prompt_mel, embedding, lengths, block_pattern, device
+        )
+        # The ODE state and the guidance mix stay float32 whatever the estimator's dtype: in
+        # half precision, (1 + cfg) * v_cond - cfg * v_uncond amplifies rounding every step.
+        x = self._initial_noise(batch, lengths.frames, noise, generator, device, torch.float32)
+        cfg = self.settings.inference_cfg_rate if cfg_rate is None else cfg_rate
+        x = self.solve(x, conditioning, n_timesteps=n_timesteps, cfg_rate=cfg, keep=padding_mask, on_step=on_step)
+        return _after_prompt(x, lengths)
+
+    def _check_token_ids(self, tokens: Tensor, prompt_tokens: Tensor) -> None:
         # Checked once here, not in the estimator: there it would sync the GPU at every step.
         vocab = self.config.text_vocab_size
         for ids in (tokens, prompt_tokens):
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > vocab):
                 raise ValueError(f"speech token ids must lie in [0, {vocab}]")
 
-        # Per item: tokens = prompt tokens + target tokens; condition = last prompt frames, zeros after.
-        text = torch.zeros(b, max(total_tokens), dtype=torch.long, device=device)
-        cond = torch.zeros(b, t_max, s.mel_dim, dtype=dtype, device=device)
-        for i in range(b):
-            text[i, : n_ptok[i]] = prompt_tokens[i, : n_ptok[i]]
-            text[i, n_ptok[i] : total_tokens[i]] = tokens[i, : n_tok[i]]
-            copy = min(n_pmel[i], feat_lengths[i])
-            cond[i, :copy] = prompt_mel[i, n_pmel[i] - copy : n_pmel[i]].to(device=device, dtype=dtype)
-        frame_lengths = torch.tensor(feat_lengths, device=device)
+    def _conditioning(
+        self,
+        tokens: Tensor,
+        prompt_tokens: Tensor,
+        prompt_mel: Tensor,
+        embedding: Tensor,
+        lengths: _ItemLengths,
+        block_pattern: list[int] | None,
+        device: torch.device,
+    ) -> tuple[_Conditioning, Tensor]:
+        """The estimator's inputs besides x, doubled into [cond; uncond], and the (B, T) frame mask.
+
+        Per item: tokens = prompt tokens + target tokens; condition = the last prompt frames,
+        zeros after.
+        """
+        dtype = self.estimator.proj_out.weight.dtype
+        batch, t_max = len(lengths.frames), max(lengths.frames)
+        text = torch.zeros(batch, max(lengths.total_tokens), dtype=torch.long, device=device)
+        cond = torch.zeros(batch, t_max, self.settings.mel_dim, dtype=dtype, device=device)
+        for i in range(batch):
+            n_prompt, n_total, n_mel = lengths.prompt_tokens[i], lengths.total_tokens[i], lengths.prompt_mel[i]
+            text[i, :n_prompt] = prompt_tokens[i, :n_prompt]
+            text[i, n_prompt:n_total] = tokens[i, : lengths.tokens[i]]
+            copy = min(n_mel, lengths.frames[i])
+            cond[i, :copy] = prompt_mel[i, n_mel - copy : n_mel].to(device=device, dtype=dtype)
+        frame_lengths = torch.tensor(lengths.frames, device=device)
         padding_mask = torch.arange(t_max, device=device)[None, :] < frame_lengths[:, None]
         spk = F.normalize(embedding.to(device=device, dtype=torch.float32), dim=1).to(dtype) if self.config.spk_dim else None
 
-        text_uncond = text if not s.speech_token_cfg else torch.zeros_like(text)
+        text_uncond = text if not self.settings.speech_token_cfg else torch.zeros_like(text)
         conditioning = _Conditioning(
             text=torch.cat([text, text_uncond]),
-            text_lengths=torch.tensor(total_tokens * 2, device=device),
+            text_lengths=torch.tensor(lengths.total_tokens * 2, device=device),
             cond=torch.cat([cond, torch.zeros_like(cond)]),
             spk=None if spk is None else torch.cat([spk, torch.zeros_like(spk)]),
             padding_mask=None if bool(padding_mask.all()) else padding_mask.repeat(2, 1),
             block_mask=None if block_pattern is None else block_attention_mask(block_pattern, t_max, device),
         )
-
-        # The ODE state and the guidance mix stay float32 whatever the estimator's dtype: in
-        # half precision, (1 + cfg) * v_cond - cfg * v_uncond amplifies rounding every step.
-        x = self._initial_noise(b, feat_lengths, noise, generator, device, torch.float32)
-        x = self.solve(x, conditioning, n_timesteps=n_timesteps, cfg_rate=cfg, keep=padding_mask, on_step=on_step)
-
-        out_lengths = [max(0, f - p) for f, p in zip(feat_lengths, n_pmel)]
-        mel = torch.zeros(b, max(out_lengths), s.mel_dim, dtype=x.dtype, device=device)
-        for i in range(b):
-            mel[i, : out_lengths[i]] = x[i, n_pmel[i] : feat_lengths[i]]
-        return mel.transpose(1, 2), torch.tensor(out_lengths)
+        return conditioning, padding_mask
 
     def _initial_noise(
         self,
@@ -316,21 +369,21 @@ class FlowDecoder(nn.Module):
             x[i, : feat_lengths[i]] = torch.randn(feat_lengths[i], mel_dim, generator=g, device=g.device).to(device=device, dtype=dtype)
         return x
 
-    def velocity(self, x: Tensor, t: Tensor, c: _Conditioning, cfg_rate: float) -> Tensor:
+    def velocity(self, x: Tensor, t: Tensor, conditioning: _Conditioning, cfg_rate: float) -> Tensor:
         """Guided velocity at (x (B, T, mel), t scalar): conditional and unconditional as one batch of 2B.
 
         With cfg_rate <= 0 only the conditional half runs (upstream skips the second pass too).
         """
         n = 2 * x.shape[0] if cfg_rate > 0 else x.shape[0]
         out = self.estimator(
-            torch.cat([x, x])[:n].to(c.cond.dtype),
-            c.cond[:n],
-            c.text[:n],
+            torch.cat([x, x])[:n].to(conditioning.cond.dtype),
+            conditioning.cond[:n],
+            conditioning.text[:n],
             t.reshape(1),
-            None if c.spk is None else c.spk[:n],
-            padding_mask=None if c.padding_mask is None else c.padding_mask[:n],
-            text_lengths=c.text_lengths[:n],
-            block_mask=c.block_mask,
+            None if conditioning.spk is None else conditioning.spk[:n],
+            padding_mask=None if conditioning.padding_mask is None else conditioning.padding_mask[:n],
+            text_lengths=conditioning.text_lengths[:n],
+            block_mask=conditioning.block_mask,
         ).float()
         if cfg_rate <= 0:
             return out
@@ -340,7 +393,7 @@ class FlowDecoder(nn.Module):
     def solve(
         self,
         x: Tensor,
-        c: _Conditioning,
+        conditioning: _Conditioning,
         *,
         n_timesteps: int,
         cfg_rate: float,
@@ -364,7 +417,7 @@ class FlowDecoder(nn.Module):
         for step in range(1, n_timesteps + 1):
             if on_step is not None:
                 on_step(step, x)
-            v = self.velocity(x, t, c, cfg_rate)
+            v = self.velocity(x, t, conditioning, cfg_rate)
             if keep_f is not None:
                 v = v * keep_f  # padded frames stay at their noise
             x = x + dt.to(x.dtype) * v
