@@ -161,10 +161,10 @@ class GlmTtsEngine:
     # ------------------------------------------------------------------ Engine protocol
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
-        _check_request(request)
+        prompt_audio, prompt_text = _checked_prompt(request)
         clock = _StageClock(self.device)
         prompt = self.prompts.get_or_compute(
-            request.prompt_audio, request.prompt_text, lambda: self.prompt_features(request.prompt_audio, request.prompt_text)
+            prompt_audio, prompt_text, lambda: self.prompt_features(prompt_audio, prompt_text)
         )
         phoneme = request.phoneme if request.phoneme is not None else self.options.phoneme_dict is not None
         pieces, piece_ids = self._text_pieces(request.text, phoneme)
@@ -277,11 +277,13 @@ class GlmTtsEngine:
         self.free_memory()
 
 
-def _check_request(request: SynthesisRequest) -> None:
+def _checked_prompt(request: SynthesisRequest) -> tuple[Path, str]:
+    """The task's prompt audio and transcript; voice cloning needs both."""
     if request.prompt_audio is None:
         raise TaskError("the glmtts engine clones a voice: this task needs prompt_audio", field="prompt_audio")
-    if not (request.prompt_text or "").strip():
+    if request.prompt_text is None or not request.prompt_text.strip():
         raise TaskError("the glmtts engine needs prompt_text, the transcript of the prompt audio", field="prompt_text")
+    return request.prompt_audio, request.prompt_text
 
 
 class _StageClock:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 class Vocoder(Protocol):
     """Mel (B, 80, T) at 50 frames/s -> waveform (B, samples) float32 at `sample_rate`."""
 
-    sample_rate: int
+    @property
+    def sample_rate(self) -> int: ...
 
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """`generator` feeds any noise the vocoder draws (one per task keeps it seeded)."""

@@ -113,7 +113,7 @@ def load_module(
     `dtype` converts floating-point tensors only (token ids, counters stay as they are).
     The caller's dict keeps its tensors, so a dtype or device change here briefly holds
     both copies: large models should be read onto the target device and converted one
-    tensor at a time before calling (as `llm.SpeechLM.load` does).
+    tensor at a time before calling (as `llm.SpeechLM.from_checkpoint` does).
     """
     device = torch.device(device)
     with torch.device("meta"):

@@ -99,7 +99,7 @@ def write_random_llm(directory: str | Path, config: LlmConfig, seed: int = 0, nu
     plan = plan_llm_shards(config, num_shards)
     shapes = dict(llm_tensor_shapes(config))
     (directory / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
-    generation = {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2}
+    generation: dict[str, object] = {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2}
     generation["transformers_version"] = TRANSFORMERS_VERSION
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 

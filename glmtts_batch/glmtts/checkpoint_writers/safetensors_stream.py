@@ -41,6 +41,6 @@ def write_safetensors_stream(
             tensor = make(name, shape)
             if tuple(tensor.shape) != tuple(shape) or tensor.dtype != torch.float32:
                 raise ValueError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, expected {tuple(shape)} float32")
-            f.write(memoryview(tensor.contiguous().numpy()).cast("B"))
+            f.write(tensor.contiguous().numpy().data.cast("B"))
     os.replace(tmp, path)
     return offset
