@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -124,13 +125,12 @@ def _write_parts(root: Path, preset: str, seed: int, log: Callable[[str], None])
 
 def _move_into_place(building: Path, root: Path) -> None:
     """Rename the finished folder to `root`; an old `root` is removed only after that."""
+    building.chmod(0o777 & ~_current_umask())  # mkdtemp makes it 0700; a checkpoint is shared data
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
-        building.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a checkpoint is shared data
-        building.replace(root)
+        building.replace(root)  # rename(2) replaces an empty folder
         return
     old = root.with_name(f".{root.name}.old-{building.name.rsplit('-', 1)[-1]}")
     root.replace(old)
-    building.chmod(0o777 & ~_umask())
     building.replace(root)
     if old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
@@ -138,10 +138,8 @@ def _move_into_place(building: Path, root: Path) -> None:
         old.unlink()
 
 
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)
     return mask
 
