@@ -44,7 +44,7 @@ def ensure_checkpoint(preset: str, folder: Path) -> Path:
         return folder
     print(f"building a random {preset} checkpoint in {folder} ...", flush=True)
     started = time.perf_counter()
-    build_random_checkpoint(folder, preset, log=lambda m: print(f"  {m}", flush=True))
+    build_random_checkpoint(folder, preset, overwrite=True, log=lambda m: print(f"  {m}", flush=True))
     print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
     return folder
 

@@ -3,9 +3,9 @@
 Each measurement runs in its own subprocess, so `ru_maxrss` (the kernel's peak resident set
 for the process) belongs to that load alone. Measurements:
 
-    llm_fp32, llm_bf16   SpeechLM.load (the 6.2 GB Llama LM) in float32 / bfloat16
+    llm_fp32, llm_bf16   SpeechLM.from_checkpoint (the 6.2 GB Llama LM) in float32 / bfloat16
     flow                 FlowDecoder.from_checkpoint (DiT)
-    speech_tokenizer     SpeechTokenizer.from_dir (Whisper-VQ encoder)
+    speech_tokenizer     SpeechTokenizer.from_checkpoint (Whisper-VQ encoder)
     hift                 HiFT.from_checkpoint (24 kHz vocoder)
     engine_fp32/_bf16    GlmTtsEngine.load: every model, as `glmtts-batch run` loads them
 
@@ -147,13 +147,13 @@ def _child(name: str, checkpoint_dir: Path, threads: int | None, device: str) ->
     with _PeakSampler() as sampler:
         started = time.perf_counter()
         if name.startswith("llm_"):
-            modules = [SpeechLM.load(layout.llm_dir, device, torch.float32 if name == "llm_fp32" else torch.bfloat16)]
+            modules = [SpeechLM.from_checkpoint(layout.llm_dir, device, torch.float32 if name == "llm_fp32" else torch.bfloat16)]
         elif name == "flow":
             modules = [FlowDecoder.from_checkpoint(layout.flow_weights, device, config_path=layout.flow_config)]
         elif name == "speech_tokenizer":
-            modules = [SpeechTokenizer.from_dir(layout.speech_tokenizer_dir, device).encoder]
+            modules = [SpeechTokenizer.from_checkpoint(layout.speech_tokenizer_dir, device).encoder]
         elif name == "hift":
-            modules = [HiFT.from_checkpoint(layout.hift_weights, device)]
+            modules = [HiFT.from_checkpoint(layout.vocoder_weights(24000), device)]
         elif name.startswith("engine_"):
             options = EngineOptions(model_dir=checkpoint_dir, device=device, dtype=name.removeprefix("engine_"))
             engine = GlmTtsEngine.load(options, log=lambda _m: None)

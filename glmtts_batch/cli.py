@@ -15,6 +15,8 @@ from .api import check_tasks, run_batch
 from .engines.base import EngineOptions
 from .errors import EXIT_SIGNAL, GlmttsBatchError
 from .log import PREFIX, log_to_stderr
+from .glmtts.checkpoint_writers import PRESETS
+from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
 from .tasks import InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER
 
@@ -51,7 +53,8 @@ def main() -> None:
               help="GLM-TTS checkpoint folder [env: GLMTTS_MODEL_DIR].")
 @click.option("--campplus", type=_existing_file, help="CAM++ speaker model (ONNX), if not in the checkpoint.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--sample-rate", type=click.Choice(["24000", "32000"]), default="24000", show_default=True)
+@click.option("--sample-rate", type=click.Choice([str(rate) for rate in SAMPLE_RATES]),
+              default=str(DEFAULT_SAMPLE_RATE), show_default=True, help="Output rate; each has its own vocoder.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="LLM precision.")
 @click.option("--flow-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
@@ -157,7 +160,7 @@ def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors
 
 @main.command("make-checkpoint")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,
+@click.option("--preset", type=click.Choice(PRESETS), default="tiny", show_default=True,
               help="tiny: runs a task in about a second on CPU; full: the released checkpoint's shapes.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:

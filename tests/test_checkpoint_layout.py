@@ -52,7 +52,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_complete_folder_validates_and_resolves_paths(folder: Path) -> None:
     layout = validate_checkpoint_dir(folder)
-    assert layout.llm_dir == folder / "llm" and layout.hift_weights == folder / "hift" / "hift.pt"
+    assert layout.llm_dir == folder / "llm" and layout.vocoder_weights(24000) == folder / "hift" / "hift.pt"
     assert layout.campplus == folder / "frontend" / "campplus.onnx"
     assert len(layout.fingerprint()) == 16
 
@@ -121,7 +121,7 @@ def test_32k_needs_the_vocos_script_not_hift(folder: Path) -> None:
     (folder / "hift" / "hift.pt").unlink()
     (folder / "vocos2d").mkdir()
     torch.jit.save(torch.jit.script(torch.nn.Identity()), str(folder / "vocos2d" / "generator_jit.ckpt"))
-    assert validate_checkpoint_dir(folder, sample_rate=32000).vocos_script.name == "generator_jit.ckpt"
+    assert validate_checkpoint_dir(folder, sample_rate=32000).vocoder_weights(32000).name == "generator_jit.ckpt"
 
 
 def test_unsupported_sample_rate(folder: Path) -> None:

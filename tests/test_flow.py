@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.checkpoint_writers.flow import (
+    random_flow_state_dict,
+    write_flow_config,
+    write_random_flow,
+)
 from glmtts_batch.glmtts.dit import (
     DiT,
     DiTConfig,
@@ -21,11 +26,7 @@ from glmtts_batch.glmtts.flow import (
     FlowDecoder,
     FlowSettings,
     _Conditioning,
-    load_flow,
-    random_flow_checkpoint,
-    random_flow_state_dict,
     read_flow_settings,
-    write_flow_config,
 )
 
 
@@ -36,7 +37,7 @@ def flow_dir(golden_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model(flow_dir: Path) -> FlowDecoder:
-    return load_flow(flow_dir)
+    return FlowDecoder.from_checkpoint(flow_dir)
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +156,14 @@ def test_loader_names_missing_and_unexpected_keys(tmp_path, flow_dir):
     del sd["estimator.transformer_blocks.1.attn.to_k.bias"]
     sd["spk_embed_affine_layer.weight"] = torch.zeros(80, 192)
     with pytest.raises(CheckpointError) as err:
-        load_flow(_write(tmp_path, sd))
+        FlowDecoder.from_checkpoint(_write(tmp_path, sd))
     assert "estimator.transformer_blocks.1.attn.to_k.bias" in str(err.value)
     assert "spk_embed_affine_layer.weight" in str(err.value)
 
 
 def test_loader_accepts_model_wrapper_and_dtype(tmp_path, flow_dir, model, golden):
     sd = torch.load(flow_dir / "flow.pt", weights_only=True)
-    wrapped = load_flow(_write(tmp_path, {"model": dict(sd)}) / "flow.pt", dtype=torch.float64)
+    wrapped = FlowDecoder.from_checkpoint(_write(tmp_path, {"model": dict(sd)}) / "flow.pt", dtype=torch.float64)
     assert wrapped.estimator.proj_out.weight.dtype == torch.float64
     mel = wrapped.inference(
         golden["token"], golden["prompt_token"], golden["prompt_feat"].double(), golden["embedding"],
@@ -173,16 +174,19 @@ def test_loader_accepts_model_wrapper_and_dtype(tmp_path, flow_dir, model, golde
 
 def test_loader_reports_missing_files(tmp_path):
     with pytest.raises(CheckpointError, match="flow.pt"):
-        load_flow(tmp_path)
+        FlowDecoder.from_checkpoint(tmp_path)
 
 
 def test_random_checkpoint_has_released_layout(tmp_path, flow_dir, golden):
     released = torch.load(flow_dir / "flow.pt", weights_only=True)
-    ckpt = random_flow_checkpoint(tmp_path / "flow", "tiny", seed=7)
-    written = torch.load(ckpt, weights_only=True)
+    ckpt = write_random_flow(tmp_path / "flow", DiTConfig.tiny(), seed=7)
+    stored = torch.load(ckpt, weights_only=True)
+    # Upstream's loader takes stored["model"] from any plain dict: the wrapper is required.
+    assert type(stored) is dict and set(stored) == {"model"}
+    written = stored["model"]
     assert {k: v.shape for k, v in written.items()} == {k: v.shape for k, v in released.items()}
     assert (ckpt.parent / "config.yaml").is_file()
-    model = load_flow(ckpt.parent)
+    model = FlowDecoder.from_checkpoint(ckpt.parent)
     mel = model.inference(golden["token"], golden["prompt_token"], golden["prompt_feat"], golden["embedding"], noise=golden["x0"])
     assert torch.isfinite(mel).all() and mel.std() > 0.1
     again = random_flow_state_dict(DiTConfig.tiny(), seed=7)

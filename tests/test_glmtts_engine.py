@@ -147,14 +147,18 @@ def test_pieces_are_vocoded_separately_and_joined_with_a_crossfade(which, reques
     eng: GlmTtsEngine = request_fixture(which)
     rate = eng.sample_rate
     per_piece: list[tuple[int, int]] = []  # (mel frames, samples) at the vocoder
-    real_vocode = eng._vocode
+    real = eng.models.vocoder
+    assert real.sample_rate == rate
 
-    def vocode(mel, generator):
-        wav = real_vocode(mel, generator)
-        per_piece.append((mel.shape[-1], wav.shape[-1]))
-        return wav
+    class RecordingVocoder:  # any object with the `Vocoder` interface can stand in
+        sample_rate = real.sample_rate
 
-    monkeypatch.setattr(eng, "_vocode", vocode)
+        def vocode(self, mel, generator=None):
+            wav = real.vocode(mel, generator)
+            per_piece.append((mel.shape[-1], wav.shape[-1]))
+            return wav
+
+    monkeypatch.setattr(eng.models, "vocoder", RecordingVocoder())
     result = eng.synthesize(request(LONG_ZH[:90], voice))
 
     tokens = result.details["speech_tokens"]
@@ -388,9 +392,9 @@ def test_missing_files_are_all_listed(ckpt_copy):
 
 def test_a_renamed_flow_key_is_named(ckpt_copy):
     path = ckpt_copy / "flow" / "flow.pt"
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True)["model"]
     state = {k.replace("transformer_blocks.0.attn.to_out.0.weight", "transformer_blocks.0.attn.out_proj.weight"): v for k, v in state.items()}
-    torch.save(state, path)
+    torch.save({"model": state}, path)
     with pytest.raises(CheckpointError) as caught:
         GlmTtsEngine.load(EngineOptions(model_dir=ckpt_copy, device="cpu"), log=quiet)
     message = str(caught.value)

@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.checkpoint_writers import preset_config
+from glmtts_batch.glmtts.checkpoint_writers.hift import (
+    random_hift_state_dict,
+    write_random_hift,
+)
 from glmtts_batch.glmtts.hift import (
     HiFT,
     HiFTConfig,
-    random_hift_checkpoint,
-    random_hift_state_dict,
 )
 
 
@@ -116,7 +119,7 @@ def test_full_preset_matches_the_released_size() -> None:
 
 
 def test_random_checkpoint_round_trip(tmp_path: Path) -> None:
-    path = random_hift_checkpoint(tmp_path / "hift" / "hift.pt", "tiny", seed=3)
+    path = write_random_hift(tmp_path / "hift" / "hift.pt", HiFTConfig.tiny(), seed=3)
     model = HiFT.from_checkpoint(path)
     assert model.config == HiFTConfig.tiny()
     mel = torch.randn(1, 80, 12, generator=torch.Generator().manual_seed(0)) * 2 - 6
@@ -128,9 +131,9 @@ def test_random_checkpoint_round_trip(tmp_path: Path) -> None:
     assert not torch.equal(other["conv_pre.bias"], torch.load(path, weights_only=True)["conv_pre.bias"])
 
 
-def test_random_checkpoint_rejects_unknown_preset(tmp_path: Path) -> None:
+def test_unknown_preset_is_refused() -> None:
     with pytest.raises(ValueError, match="huge"):
-        random_hift_checkpoint(tmp_path / "hift.pt", "huge")
+        preset_config(HiFTConfig, "huge")
 
 
 # ---------------------------------------------------------------- loader strictness

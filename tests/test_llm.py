@@ -12,15 +12,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.checkpoint_writers.llm import (
+    llm_tensor_shapes,
+    plan_llm_shards,
+    write_random_llm,
+)
 from glmtts_batch.glmtts.llm import (
     GenerationOptions,
     LlmConfig,
     PromptHistoryEntry,
     SpeechLM,
     build_input_ids,
-    plan_llm_shards,
     prune_prompt_history,
-    write_random_llm,
 )
 
 
@@ -45,12 +48,12 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="session")
 def llm_dir(tmp_path_factory):
-    return write_random_llm(tmp_path_factory.mktemp("llm"), "tiny", vocab_size=VOCAB, seed=3)
+    return write_random_llm(tmp_path_factory.mktemp("llm"), LlmConfig.tiny(vocab_size=VOCAB), seed=3)
 
 
 @pytest.fixture
 def lm(llm_dir) -> SpeechLM:
-    return SpeechLM.load(llm_dir)  # fresh per test: some tests steer the weights
+    return SpeechLM.from_checkpoint(llm_dir)  # fresh per test: some tests steer the weights
 
 
 def steer_stop_token(lm: SpeechLM, sign: float) -> None:
@@ -88,7 +91,7 @@ def test_full_shard_plan_is_the_released_weight_map(reference_dir):
     plan = plan_llm_shards(LlmConfig.full(), 2)
     weight_map = {name: f"model-{k:05d}-of-00002.safetensors" for k, names in enumerate(plan, 1) for name in names}
     assert weight_map == index["weight_map"]
-    total = sum(4 * torch.Size(shape).numel() for _, shape in LlmConfig.full().tensor_shapes())
+    total = sum(4 * torch.Size(shape).numel() for _, shape in llm_tensor_shapes(LlmConfig.full()))
     assert total == index["metadata"]["total_size"]
 
 
@@ -97,7 +100,7 @@ def test_random_checkpoint_has_the_released_layout(llm_dir):
     assert json.loads((llm_dir / "config.json").read_text()) == config.to_json()
     assert json.loads((llm_dir / "generation_config.json").read_text())["eos_token_id"] == 2
     index = json.loads((llm_dir / "model.safetensors.index.json").read_text())
-    shapes = dict(config.tensor_shapes())
+    shapes = dict(llm_tensor_shapes(config))
     assert set(index["weight_map"]) == set(shapes)
     assert "lm_head.weight" not in index["weight_map"]  # tied embeddings
     shards = sorted(set(index["weight_map"].values()))
@@ -116,16 +119,16 @@ def test_random_checkpoint_has_the_released_layout(llm_dir):
 
 
 def test_random_checkpoint_depends_only_on_the_seed(tmp_path):
-    a = write_random_llm(tmp_path / "a", "tiny", vocab_size=VOCAB, seed=1)
-    b = write_random_llm(tmp_path / "b", "tiny", vocab_size=VOCAB, seed=1)
-    c = write_random_llm(tmp_path / "c", "tiny", vocab_size=VOCAB, seed=2)
+    a = write_random_llm(tmp_path / "a", LlmConfig.tiny(vocab_size=VOCAB), seed=1)
+    b = write_random_llm(tmp_path / "b", LlmConfig.tiny(vocab_size=VOCAB), seed=1)
+    c = write_random_llm(tmp_path / "c", LlmConfig.tiny(vocab_size=VOCAB), seed=2)
     name = "model-00001-of-00002.safetensors"
     assert (a / name).read_bytes() == (b / name).read_bytes()
     assert (a / name).read_bytes() != (c / name).read_bytes()
 
 
 def test_loader_adopts_the_weights_on_the_device_in_the_dtype(llm_dir):
-    lm = SpeechLM.load(llm_dir, "cpu", "bf16")
+    lm = SpeechLM.from_checkpoint(llm_dir, "cpu", "bf16")
     assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in lm.parameters())
     assert lm.model.rotary_emb.inv_freq.dtype == torch.float32
     assert not any(t.is_meta for t in [*lm.parameters(), *lm.buffers()])
@@ -151,7 +154,7 @@ def _edit_checkpoint(src, dst, edit) -> None:
 def test_loader_names_a_missing_key(llm_dir, tmp_path):
     _edit_checkpoint(llm_dir, tmp_path / "llm", lambda state: state.pop("model.norm.weight"))
     with pytest.raises(CheckpointError, match=r"missing keys: model\.norm\.weight"):
-        SpeechLM.load(tmp_path / "llm")
+        SpeechLM.from_checkpoint(tmp_path / "llm")
 
 
 def test_loader_names_an_unexpected_key(llm_dir, tmp_path):
@@ -160,7 +163,7 @@ def test_loader_names_an_unexpected_key(llm_dir, tmp_path):
 
     _edit_checkpoint(llm_dir, tmp_path / "llm", add_lm_head)
     with pytest.raises(CheckpointError, match=r"unexpected keys: lm_head\.weight"):
-        SpeechLM.load(tmp_path / "llm")
+        SpeechLM.from_checkpoint(tmp_path / "llm")
 
 
 def test_loader_names_a_mis_shaped_key(llm_dir, tmp_path):
@@ -169,7 +172,7 @@ def test_loader_names_a_mis_shaped_key(llm_dir, tmp_path):
 
     _edit_checkpoint(llm_dir, tmp_path / "llm", shrink)
     with pytest.raises(CheckpointError, match=r"model\.norm\.weight: checkpoint \(32,\) vs model \(64,\)"):
-        SpeechLM.load(tmp_path / "llm")
+        SpeechLM.from_checkpoint(tmp_path / "llm")
 
 
 def test_loader_refuses_an_untied_config_and_missing_weights(llm_dir, tmp_path):
@@ -177,11 +180,11 @@ def test_loader_refuses_an_untied_config_and_missing_weights(llm_dir, tmp_path):
     config = json.loads((llm_dir / "config.json").read_text())
     (tmp_path / "llm" / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
     with pytest.raises(CheckpointError, match="tie_word_embeddings"):
-        SpeechLM.load(tmp_path / "llm")
+        SpeechLM.from_checkpoint(tmp_path / "llm")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        SpeechLM.load(tmp_path / "empty")
+        SpeechLM.from_checkpoint(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------------- generation
@@ -374,7 +377,7 @@ def test_long_text_without_prompt_cache_reuses_the_original_prompt_and_seed(lm):
 
 
 def test_half_precision_model_computes_candidate_logits_in_float32(llm_dir):
-    lm = SpeechLM.load(llm_dir, "cpu", torch.bfloat16)
+    lm = SpeechLM.from_checkpoint(llm_dir, "cpu", torch.bfloat16)
     hidden = torch.randn(2, lm.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     logits = lm.candidate_logits(hidden, SPECIAL)
     table = lm.model.embed_tokens.weight.float()

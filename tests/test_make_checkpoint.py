@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
 from glmtts_batch.cli import main
+from glmtts_batch.errors import RunError
 from glmtts_batch.glmtts.checkpoint import validate_checkpoint_dir
 from glmtts_batch.glmtts.make_checkpoint import build_random_checkpoint
+from glmtts_batch.glmtts.speaker import SpeakerEncoder
 from glmtts_batch.glmtts.text.tokenizer import N_AUDIO_TOKENS, TextTokenizer
 from glmtts_batch.glmtts.vocos import Vocos2D
 
+REPO = Path(__file__).resolve().parents[1]
 LLM_SHARDS = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
 
 
@@ -54,10 +61,13 @@ def test_llm_is_an_index_and_two_shards_with_tied_embeddings(tiny_checkpoint):
     assert json.loads((llm / "config.json").read_text())["tie_word_embeddings"] is True
 
 
-def test_flow_keys_are_prefixed_estimator(tiny_checkpoint):
-    state = torch.load(tiny_checkpoint / "flow" / "flow.pt", map_location="cpu", weights_only=True)
-    state = state.get("model", state)
+def test_flow_is_a_model_wrapped_state_dict_prefixed_estimator(tiny_checkpoint):
+    stored = torch.load(tiny_checkpoint / "flow" / "flow.pt", map_location="cpu", weights_only=True)
+    # Upstream's load_flow_model does stored["model"] whenever torch.load returns a plain dict.
+    assert type(stored) is dict and set(stored) == {"model"}
+    state = stored["model"]
     assert state and all(key.startswith("estimator.") for key in state)
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in state.values())
 
 
 def test_speech_tokenizer_keys_are_model_encoder(tiny_checkpoint):
@@ -75,7 +85,7 @@ def test_hift_uses_parametrization_weight_norm_names(tiny_checkpoint):
 
 
 def test_one_vocabulary_across_tokenizer_llm_and_flow(tiny_checkpoint):
-    tokenizer = TextTokenizer.from_dir(tiny_checkpoint / "vq32k-phoneme-tokenizer")
+    tokenizer = TextTokenizer.from_checkpoint(tiny_checkpoint / "vq32k-phoneme-tokenizer")
     llm = tiny_checkpoint / "llm"
     config = json.loads((llm / "config.json").read_text())
     assert config["vocab_size"] >= tokenizer.vocab_size
@@ -88,7 +98,7 @@ def test_one_vocabulary_across_tokenizer_llm_and_flow(tiny_checkpoint):
     assert special.ate - special.ats + 1 == N_AUDIO_TOKENS
     assert max(special.ate, special.boa, special.eoa) < rows
 
-    flow = torch.load(tiny_checkpoint / "flow" / "flow.pt", map_location="cpu", weights_only=True)
+    flow = torch.load(tiny_checkpoint / "flow" / "flow.pt", map_location="cpu", weights_only=True)["model"]
     # Generated tokens span the whole codebook: ids 0..32767 must all have a row.
     assert flow["estimator.text_emb_layer.text_embed.weight"].shape[0] >= N_AUDIO_TOKENS
 
@@ -96,7 +106,60 @@ def test_one_vocabulary_across_tokenizer_llm_and_flow(tiny_checkpoint):
 def test_unknown_preset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="preset"):
         build_random_checkpoint(tmp_path / "x", "medium")
-    assert not (tmp_path / "x").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    from glmtts_batch.glmtts.checkpoint_writers import hift
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hift, "write_random_hift", broken)  # after the LLM, flow and speech tokenizer
+    with pytest.raises(OSError, match="disk full"):
+        build_random_checkpoint(tmp_path / "ckpt", "tiny")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_folder_is_not_overwritten(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="already exists"):
+        build_random_checkpoint(target, "tiny")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert (target / "notes.txt").read_text() == "mine"
+    result = CliRunner().invoke(main, ["make-checkpoint", str(target)])
+    assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_overwrite_replaces_a_folder_only_when_the_new_one_is_complete(tiny_checkpoint, tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    build_random_checkpoint(target, "tiny", overwrite=True)
+    assert not (target / "stale.txt").exists()
+    assert files(target).keys() == files(tiny_checkpoint).keys()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_make_checkpoint_needs_runtime_dependencies_only(tmp_path):
+    """A plain `pip install` has neither onnx nor psutil (test/tools extras)."""
+    out = tmp_path / "ckpt"
+    code = (
+        "import sys; sys.modules['onnx'] = None; sys.modules['psutil'] = None\n"
+        "from glmtts_batch.cli import main\n"
+        f"sys.argv = ['glmtts-batch', 'make-checkpoint', {str(out)!r}]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    validate_checkpoint_dir(out)
+    encoder = SpeakerEncoder.from_checkpoint(out / "frontend" / "campplus.onnx", threads=1)
+    assert encoder.embed(np.random.default_rng(0).standard_normal(16000).astype(np.float32)).shape == (192,)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
 def test_cli_make_checkpoint_is_deterministic_for_a_seed(tiny_checkpoint, tmp_path):
@@ -113,8 +176,8 @@ def test_cli_make_checkpoint_is_deterministic_for_a_seed(tiny_checkpoint, tmp_pa
     # weights are compared; every other file is byte-identical.
     differing = {name for name in same if sha256(same[name]) != sha256(original[name])}
     assert differing <= {"vocos2d/generator_jit.ckpt"}
-    a = Vocos2D.load(same["vocos2d/generator_jit.ckpt"]).module.state_dict()
-    b = Vocos2D.load(original["vocos2d/generator_jit.ckpt"]).module.state_dict()
+    a = Vocos2D.from_checkpoint(same["vocos2d/generator_jit.ckpt"]).module.state_dict()
+    b = Vocos2D.from_checkpoint(original["vocos2d/generator_jit.ckpt"]).module.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

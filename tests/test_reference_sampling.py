@@ -59,7 +59,7 @@ def golden_lms() -> dict[str, SpeechLM]:
     variants = np.load(GOLDEN_LLM / "variants.npz")
     params = json.loads((GOLDEN_LLM / "params.json").read_text())
     eoa = params["special_token_ids"]["eoa"]
-    lms = {name: SpeechLM.load(GOLDEN_LLM / "model") for name in ("base", "eoa", "sharp")}
+    lms = {name: SpeechLM.from_checkpoint(GOLDEN_LLM / "model") for name in ("base", "eoa", "sharp")}
     with torch.no_grad():
         base = lms["base"].model
         assert torch.equal(base.embed_tokens.weight[eoa], torch.from_numpy(variants["base_embed_row"]))

@@ -14,15 +14,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.checkpoint_writers.speech_tokenizer import (
+    config_json,
+    preprocessor_json,
+    released_tensor_layout,
+    write_random_speech_tokenizer,
+)
 from glmtts_batch.glmtts.speech_tokenizer import (
     CHUNK_SAMPLES,
     SpeechTokenizer,
     SpeechTokenizerConfig,
     attention_mask,
-    checkpoint_layout,
-    config_json,
-    preprocessor_json,
-    random_speech_tokenizer,
 )
 
 SR = 16000
@@ -39,17 +41,17 @@ def golden(golden_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def golden_tokenizer(golden: dict) -> SpeechTokenizer:
-    return SpeechTokenizer.from_dir(golden["model_dir"])
+    return SpeechTokenizer.from_checkpoint(golden["model_dir"])
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return random_speech_tokenizer(tmp_path_factory.mktemp("tiny_speech_tokenizer"), "tiny", seed=7)
+    return write_random_speech_tokenizer(tmp_path_factory.mktemp("tiny_speech_tokenizer"), SpeechTokenizerConfig.tiny(), seed=7)
 
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tiny_dir: Path) -> SpeechTokenizer:
-    return SpeechTokenizer.from_dir(tiny_dir)
+    return SpeechTokenizer.from_checkpoint(tiny_dir)
 
 
 def _speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -147,7 +149,7 @@ def test_missing_needed_key_is_named(golden: dict, tmp_path: Path) -> None:
     key = "model.encoder.layers.1.fc1.weight"
     folder = _copy_with_weights(golden["model_dir"], tmp_path / "m", lambda s: s.pop(key))
     with pytest.raises(CheckpointError, match=r"missing keys: .*layers\.1\.fc1\.weight"):
-        SpeechTokenizer.from_dir(folder)
+        SpeechTokenizer.from_checkpoint(folder)
 
 
 def test_unexpected_keys_are_named(golden: dict, tmp_path: Path) -> None:
@@ -157,7 +159,7 @@ def test_unexpected_keys_are_named(golden: dict, tmp_path: Path) -> None:
 
     folder = _copy_with_weights(golden["model_dir"], tmp_path / "m", add)
     with pytest.raises(CheckpointError) as info:
-        SpeechTokenizer.from_dir(folder)
+        SpeechTokenizer.from_checkpoint(folder)
     assert "model.encoder.extra_scale" in str(info.value)
     assert "model.decoder.layers.0.fc1.weight" in str(info.value)
 
@@ -166,7 +168,7 @@ def test_shape_mismatch_is_named(golden: dict, tmp_path: Path) -> None:
     key = "model.encoder.codebook.weight"
     folder = _copy_with_weights(golden["model_dir"], tmp_path / "m", lambda s: s.update({key: s[key][:100]}))
     with pytest.raises(CheckpointError, match=r"shape mismatches: model\.encoder\.codebook\.weight"):
-        SpeechTokenizer.from_dir(folder)
+        SpeechTokenizer.from_checkpoint(folder)
 
 
 def test_ignored_keys_are_neither_needed_nor_read(golden: dict, tmp_path: Path) -> None:
@@ -185,7 +187,7 @@ def test_ignored_keys_are_neither_needed_nor_read(golden: dict, tmp_path: Path) 
             del state[key]
 
     folder = _copy_with_weights(golden["model_dir"], tmp_path / "dropped", drop)
-    tokenizer = SpeechTokenizer.from_dir(folder)
+    tokenizer = SpeechTokenizer.from_checkpoint(folder)
     assert len(tokenizer.encoder.layers) == 3  # layers >= quantize_position are not built
     assert tokenizer.tokenize(golden["wav_3p3s"][0]) == golden["tokens_json"]["3p3s"]
 
@@ -195,7 +197,7 @@ def test_ignored_keys_are_neither_needed_nor_read(golden: dict, tmp_path: Path) 
                 state[key] = torch.full_like(state[key], 1e6)
 
     folder = _copy_with_weights(golden["model_dir"], tmp_path / "scrambled", scramble)
-    assert SpeechTokenizer.from_dir(folder).tokenize(golden["wav_3p3s"][0]) == golden["tokens_json"]["3p3s"]
+    assert SpeechTokenizer.from_checkpoint(folder).tokenize(golden["wav_3p3s"][0]) == golden["tokens_json"]["3p3s"]
 
 
 def test_missing_files_and_unsupported_settings_raise(golden: dict, tmp_path: Path) -> None:
@@ -203,7 +205,7 @@ def test_missing_files_and_unsupported_settings_raise(golden: dict, tmp_path: Pa
     shutil.copytree(golden["model_dir"], folder)
     (folder / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        SpeechTokenizer.from_dir(folder)
+        SpeechTokenizer.from_checkpoint(folder)
 
     shutil.rmtree(folder)
     shutil.copytree(golden["model_dir"], folder)
@@ -211,12 +213,12 @@ def test_missing_files_and_unsupported_settings_raise(golden: dict, tmp_path: Pa
     config["encoder_causal_attention"] = True
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="encoder_causal_attention"):
-        SpeechTokenizer.from_dir(folder)
+        SpeechTokenizer.from_checkpoint(folder)
 
     del config["encoder_causal_attention"], config["d_model"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="missing keys: d_model"):
-        SpeechTokenizer.from_dir(folder)
+        SpeechTokenizer.from_checkpoint(folder)
 
 
 def test_config_presets_equal_the_released_and_golden_configs(golden: dict, reference_dir: Path) -> None:
@@ -236,7 +238,7 @@ def test_config_presets_equal_the_released_and_golden_configs(golden: dict, refe
 def test_full_layout_has_the_released_size() -> None:
     # The released model.safetensors is 1.63 GB: layers 0..15, codebook, EMA buffers, positions.
     full = SpeechTokenizerConfig.full()
-    n_bytes = sum(4 * math.prod(shape) for _, shape in checkpoint_layout(full, full.quantize_position))
+    n_bytes = sum(4 * math.prod(shape) for _, shape in released_tensor_layout(full, full.quantize_position))
     assert 1.62e9 < n_bytes < 1.64e9
 
 
@@ -259,8 +261,8 @@ def test_random_tiny_checkpoint_has_the_golden_key_layout(golden: dict, tiny_dir
 
 
 def test_random_checkpoint_depends_only_on_the_seed(tiny_dir: Path, tmp_path: Path) -> None:
-    same = random_speech_tokenizer(tmp_path / "same", "tiny", seed=7)
-    other = random_speech_tokenizer(tmp_path / "other", "tiny", seed=8)
+    same = write_random_speech_tokenizer(tmp_path / "same", SpeechTokenizerConfig.tiny(), seed=7)
+    other = write_random_speech_tokenizer(tmp_path / "other", SpeechTokenizerConfig.tiny(), seed=8)
     data = (tiny_dir / "model.safetensors").read_bytes()
     assert (same / "model.safetensors").read_bytes() == data
     assert (other / "model.safetensors").read_bytes() != data

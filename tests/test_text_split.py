@@ -82,14 +82,17 @@ def test_sentences_end_at_punctuation_after_min_len() -> None:
 
 @pytest.fixture(scope="module")
 def frontend(tmp_path_factory: pytest.TempPathFactory):
+    from glmtts_batch.glmtts.checkpoint_writers.text_tokenizer import (
+        write_text_tokenizer,
+    )
     from glmtts_batch.glmtts.text.frontend import TextFrontend
     from glmtts_batch.glmtts.text.g2p import PhonemeDict
-    from glmtts_batch.glmtts.text.tokenizer import TextTokenizer, write_test_tokenizer
+    from glmtts_batch.glmtts.text.tokenizer import TextTokenizer
 
     path = tmp_path_factory.mktemp("tok")
-    write_test_tokenizer(path)
+    write_text_tokenizer(path)
     return TextFrontend(
-        TextTokenizer.from_dir(path), phoneme_dict=PhonemeDict.from_mapping({"曾乐": "zeng1 yue4"})
+        TextTokenizer.from_checkpoint(path), phoneme_dict=PhonemeDict.from_mapping({"曾乐": "zeng1 yue4"})
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 import tiktoken
 
 from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.checkpoint_writers.text_tokenizer import write_text_tokenizer
 from glmtts_batch.glmtts.text.g2p import phoneme_inventory
 from glmtts_batch.glmtts.text.tokenizer import (
     CONFIG_FILE,
@@ -17,7 +18,6 @@ from glmtts_batch.glmtts.text.tokenizer import (
     GLM4_PATTERN,
     MODEL_FILE,
     TextTokenizer,
-    write_test_tokenizer,
 )
 
 SAMPLES = [
@@ -34,13 +34,13 @@ SAMPLES = [
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")
-    write_test_tokenizer(path)
+    write_text_tokenizer(path)
     return path
 
 
 @pytest.fixture(scope="module")
 def tok(tok_dir: Path) -> TextTokenizer:
-    return TextTokenizer.from_dir(tok_dir)
+    return TextTokenizer.from_checkpoint(tok_dir)
 
 
 def _reference_encoding(tok_dir: Path) -> tiktoken.Encoding:
@@ -124,7 +124,7 @@ def test_no_prefix_tokens(tok: TextTokenizer) -> None:
 
 
 def test_test_tokenizer_is_deterministic(tok_dir: Path, tmp_path: Path) -> None:
-    write_test_tokenizer(tmp_path)
+    write_text_tokenizer(tmp_path)
     for name in (MODEL_FILE, CONFIG_FILE):
         assert (tmp_path / name).read_bytes() == (tok_dir / name).read_bytes()
 
@@ -139,7 +139,7 @@ def _copy(tok_dir: Path, dst: Path) -> Path:
 def test_missing_file_is_checkpoint_error(tok_dir: Path, tmp_path: Path, missing: str) -> None:
     (_copy(tok_dir, tmp_path) / missing).unlink()
     with pytest.raises(CheckpointError, match=missing):
-        TextTokenizer.from_dir(tmp_path)
+        TextTokenizer.from_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ def test_missing_file_is_checkpoint_error(tok_dir: Path, tmp_path: Path, missing
 def test_malformed_file_is_checkpoint_error(tok_dir: Path, tmp_path: Path, name: str, content: str) -> None:
     (_copy(tok_dir, tmp_path) / name).write_text(content)
     with pytest.raises(CheckpointError, match=name):
-        TextTokenizer.from_dir(tmp_path)
+        TextTokenizer.from_checkpoint(tmp_path)
 
 
 def test_special_token_missing_is_clear_error(tok_dir: Path, tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_special_token_missing_is_clear_error(tok_dir: Path, tmp_path: Path) -> 
         k: v for k, v in config["added_tokens_decoder"].items() if v["content"] != "<|begin_of_audio|>"
     }
     (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
-    tok = TextTokenizer.from_dir(tmp_path)
+    tok = TextTokenizer.from_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="begin_of_audio"):
         _ = tok.special
 
@@ -177,7 +177,7 @@ def test_added_token_id_clashing_with_rank_is_error(tok_dir: Path, tmp_path: Pat
     config["added_tokens_decoder"]["5"] = {"content": "<|clash|>"}
     (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="collide"):
-        TextTokenizer.from_dir(tmp_path)
+        TextTokenizer.from_checkpoint(tmp_path)
 
 
 def test_unknown_id_decode_is_value_error(tok: TextTokenizer) -> None:
@@ -195,7 +195,7 @@ def test_glm4_chat_tokens_fall_back_to_remote_code_ids(tok_dir: Path, tmp_path: 
     del decoder[str(n_ranks + GLM4_CHAT_TOKENS.index("<|user|>"))]
     decoder[str(n_ranks)] = {"content": "<|something_else|>"}  # takes <|endoftext|>'s usual id
     (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
-    tok = TextTokenizer.from_dir(tmp_path)
+    tok = TextTokenizer.from_checkpoint(tmp_path)
     assert tok.encode("<|user|>") == [n_ranks + GLM4_CHAT_TOKENS.index("<|user|>")]
     assert tok.encode("<|something_else|>") == [n_ranks]
     assert len(tok.encode("<|endoftext|>")) > 1  # no id left for it: ordinary text

@@ -39,6 +39,7 @@ from glmtts_batch.engines.base import (
     SynthesisRequest,
 )
 from glmtts_batch.errors import EngineLoadError, TaskError
+from glmtts_batch.glmtts.text.chars import is_han
 from glmtts_batch.settings import audio_settings
 
 HAN_VOICE = "cmn"
@@ -82,14 +83,7 @@ def _script(ch: str) -> str | None:
     """'han', 'latin', or None for characters that belong to no script (digits, punctuation, spaces)."""
     if not ch.isalpha():
         return None
-    code = ord(ch)
-    if (
-        0x4E00 <= code <= 0x9FFF  # CJK Unified Ideographs
-        or 0x3400 <= code <= 0x4DBF  # Extension A
-        or 0x20000 <= code <= 0x323AF  # Extensions B..H
-        or 0xF900 <= code <= 0xFAFF  # Compatibility Ideographs
-        or code == 0x3007  # 〇
-    ):
+    if is_han(ch):
         return "han"
     if "LATIN" in unicodedata.name(ch, ""):
         return "latin"

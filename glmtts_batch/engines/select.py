@@ -13,17 +13,14 @@ from pathlib import Path
 
 from glmtts_batch.engines.base import Engine, EngineOptions
 from glmtts_batch.errors import EngineLoadError, GlmttsBatchError
+from glmtts_batch.glmtts.checkpoint import DOWNLOAD_HINT
 from glmtts_batch.log import Log, log_to_stderr
 
 ENGINE_NAMES = ("auto", "glmtts", "espeak")
 MODEL_DIR_ENV = "GLMTTS_MODEL_DIR"
 
-DOWNLOAD_HINT = (
-    "To get a checkpoint:\n"
-    "  huggingface-cli download zai-org/GLM-TTS --local-dir DIR\n"
-    "  and copy frontend/campplus.onnx from the GitHub repository zai-org/GLM-TTS "
-    "(https://github.com/zai-org/GLM-TTS) to DIR/frontend/campplus.onnx\n"
-    f"then pass --model-dir DIR or set {MODEL_DIR_ENV}=DIR "
+CHECKPOINT_HINT = (
+    f"{DOWNLOAD_HINT}\nThen pass --model-dir DIR or set {MODEL_DIR_ENV}=DIR "
     "(or use --engine espeak for the offline engine, which does not clone voices)."
 )
 
@@ -68,7 +65,7 @@ def load_engine(name: str, options: EngineOptions, *, log: Log = log_to_stderr) 
         return _load_espeak(options, log)
     if key == "glmtts":
         if found is None:
-            raise EngineLoadError(f"the glmtts engine needs a GLM-TTS checkpoint and none is configured.\n{DOWNLOAD_HINT}")
+            raise EngineLoadError(f"the glmtts engine needs a GLM-TTS checkpoint and none is configured.\n{CHECKPOINT_HINT}")
         model_dir, source = found
         return _load_glmtts(options, model_dir, source, log)
     return _load_espeak(options, log)
@@ -82,7 +79,7 @@ def _load_espeak(options: EngineOptions, log: Log) -> Engine:
 
 def _load_glmtts(options: EngineOptions, model_dir: Path, source: str, log: Log) -> Engine:
     if not model_dir.is_dir():
-        raise EngineLoadError(f"GLM-TTS checkpoint folder {model_dir} (from {source}) does not exist.\n{DOWNLOAD_HINT}")
+        raise EngineLoadError(f"GLM-TTS checkpoint folder {model_dir} (from {source}) does not exist.\n{CHECKPOINT_HINT}")
     try:
         from glmtts_batch.glmtts.engine import GlmTtsEngine
     except ImportError as exc:

@@ -20,6 +20,7 @@ import soxr
 import torch
 
 from glmtts_batch.errors import PromptAudioError
+from glmtts_batch.glmtts.vocoder import vocoder_spec
 
 MIN_DURATION_S = 1.0
 MAX_DURATION_S = 30.0
@@ -157,25 +158,6 @@ def _reason(exc: BaseException) -> str:
 # --- prompt mel (flow conditioning) -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MelSettings:
-    """HiFi-GAN-style log-mel settings upstream uses for the flow's prompt features."""
-
-    sample_rate: int
-    n_fft: int
-    hop: int
-    win: int
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float = 8000.0
-
-
-MEL_SETTINGS: dict[int, MelSettings] = {
-    24000: MelSettings(sample_rate=24000, n_fft=1920, hop=480, win=1920),
-    32000: MelSettings(sample_rate=32000, n_fft=2560, hop=640, win=2560),
-}
-
-
 class MelExtractor:
     """Log-mel spectrogram at one output rate (24 kHz or 32 kHz), 50 frames per second.
 
@@ -185,9 +167,7 @@ class MelExtractor:
     """
 
     def __init__(self, sample_rate: int) -> None:
-        if sample_rate not in MEL_SETTINGS:
-            raise ValueError(f"no prompt-mel settings for {sample_rate} Hz (supported: {sorted(MEL_SETTINGS)})")
-        self.settings = MEL_SETTINGS[sample_rate]
+        self.settings = vocoder_spec(sample_rate).mel
         self._basis_np = slaney_mel_basis(
             self.settings.sample_rate, self.settings.n_fft, self.settings.n_mels, self.settings.fmin, self.settings.fmax
         )
@@ -211,19 +191,19 @@ class MelExtractor:
             raise ValueError(f"expected a (B, N) waveform, got shape {tuple(wav.shape)}")
         if not wav.is_floating_point():
             raise ValueError(f"expected a floating-point waveform, got {wav.dtype}")
-        s = self.settings
-        pad = (s.n_fft - s.hop) // 2
+        settings = self.settings
+        pad = (settings.n_fft - settings.hop) // 2
         if wav.shape[1] <= pad:
-            raise ValueError(f"waveform of {wav.shape[1]} samples is too short for a {s.sample_rate} Hz mel frame")
+            raise ValueError(f"waveform of {wav.shape[1]} samples is too short for a {settings.sample_rate} Hz mel frame")
         basis, window = self._tensors(wav.device, wav.dtype)
         # Reflect padding with center=False keeps frames aligned to hop boundaries: frame t
         # is centred on sample t*hop + hop/2.
         x = torch.nn.functional.pad(wav.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)  # (B, N + 2*pad)
         spec = torch.stft(
             x,
-            s.n_fft,
-            hop_length=s.hop,
-            win_length=s.win,
+            settings.n_fft,
+            hop_length=settings.hop,
+            win_length=settings.win,
             window=window,
             center=False,
             normalized=False,

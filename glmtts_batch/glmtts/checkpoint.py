@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmtts_batch.errors import CheckpointError
+from glmtts_batch.glmtts.vocoder import VOCODERS, vocoder_spec
 
+# The one place that says how to get a checkpoint (engine selection appends how to use it).
 DOWNLOAD_HINT = (
     "Download the checkpoint with `huggingface-cli download zai-org/GLM-TTS --local-dir DIR` "
-    "and get `frontend/campplus.onnx` from the GitHub repository zai-org/GLM-TTS "
-    "(put it in DIR/frontend/ or pass --campplus FILE)."
+    "and copy `frontend/campplus.onnx` from the GitHub repository zai-org/GLM-TTS "
+    "(https://github.com/zai-org/GLM-TTS) to DIR/frontend/ (or pass --campplus FILE)."
 )
-
-SUPPORTED_SAMPLE_RATES = (24000, 32000)
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,11 @@ class CheckpointLayout:
     flow_weights: Path
     speech_tokenizer_dir: Path  # config.json, preprocessor_config.json, model.safetensors
     text_tokenizer_dir: Path  # tokenizer.model, tokenizer_config.json
-    hift_weights: Path  # 24 kHz vocoder
-    vocos_script: Path  # 32 kHz vocoder (TorchScript)
     campplus: Path
+
+    def vocoder_weights(self, sample_rate: int) -> Path:
+        """The vocoder file for `sample_rate` (see `glmtts.vocoder.VOCODERS`)."""
+        return self.root / vocoder_spec(sample_rate).checkpoint_file
 
     def fingerprint(self) -> str:
         """A short identity for the manifest and resume keys.
@@ -73,7 +75,7 @@ def _identity_files(layout: CheckpointLayout) -> list[Path]:
         layout.campplus,
     ]
     files += sorted(layout.llm_dir.glob("*.safetensors"))
-    files += [p for p in (layout.hift_weights, layout.vocos_script) if p.exists()]
+    files += [layout.vocoder_weights(rate) for rate in VOCODERS]
     return [p for p in files if p.exists()]
 
 
@@ -86,8 +88,6 @@ def resolve_layout(model_dir: str | Path, campplus: str | Path | None = None) ->
         flow_weights=root / "flow" / "flow.pt",
         speech_tokenizer_dir=root / "speech_tokenizer",
         text_tokenizer_dir=root / "vq32k-phoneme-tokenizer",
-        hift_weights=root / "hift" / "hift.pt",
-        vocos_script=root / "vocos2d" / "generator_jit.ckpt",
         campplus=Path(campplus).expanduser() if campplus else root / "frontend" / "campplus.onnx",
     )
 
@@ -99,8 +99,10 @@ def validate_checkpoint_dir(
     sample_rate: int = 24000,
 ) -> CheckpointLayout:
     """Check every file the engine will need; raise one `CheckpointError` listing all problems."""
-    if sample_rate not in SUPPORTED_SAMPLE_RATES:
-        raise CheckpointError(f"unsupported sample rate {sample_rate}; use one of {SUPPORTED_SAMPLE_RATES}")
+    try:
+        vocoder = vocoder_spec(sample_rate)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     layout = resolve_layout(model_dir, campplus)
     if not layout.root.is_dir():
         raise CheckpointError(f"checkpoint folder {layout.root} does not exist. {DOWNLOAD_HINT}")
@@ -115,10 +117,7 @@ def validate_checkpoint_dir(
     _check_safetensors(layout.speech_tokenizer_dir / "model.safetensors", problems)
     _check_file(layout.text_tokenizer_dir / "tokenizer.model", problems)
     _check_json(layout.text_tokenizer_dir / "tokenizer_config.json", problems, required_keys=("added_tokens_decoder",))
-    if sample_rate == 24000:
-        _check_torch_file(layout.hift_weights, problems)
-    else:
-        _check_torch_file(layout.vocos_script, problems)
+    _check_torch_file(layout.vocoder_weights(sample_rate), problems, what=f"{vocoder.name} vocoder")
     _check_file(layout.campplus, problems, what="CAM++ speaker encoder")
 
     if problems:
@@ -157,9 +156,9 @@ def _check_json(path: Path, problems: list[str], *, required_keys: tuple[str, ..
     return data
 
 
-def _check_torch_file(path: Path, problems: list[str]) -> None:
+def _check_torch_file(path: Path, problems: list[str], *, what: str = "file") -> None:
     # torch.save and torch.jit.save both write zip archives; anything else is a broken download.
-    if _check_file(path, problems) and not zipfile.is_zipfile(path):
+    if _check_file(path, problems, what=what) and not zipfile.is_zipfile(path):
         problems.append(f"malformed {path}: not a torch archive (truncated download?)")
 
 

@@ -2,8 +2,9 @@
 
 Per task: prompt features (cached by prompt content) → text pieces → speech tokens from the
 Llama LM (pieces in order, with the prompt-history cache) → mel from the DiT flow (always
-conditioned on the original prompt only) → waveform from HiFT (24 kHz) or Vocos2D (32 kHz)
-→ pieces joined with a short crossfade.
+conditioned on the original prompt only) → waveform from the vocoder of the output rate
+(`glmtts.vocoder.VOCODERS`: HiFT at 24 kHz, Vocos2D at 32 kHz) → pieces joined with a short
+crossfade.
 """
 
 from __future__ import annotations
@@ -29,15 +30,19 @@ from glmtts_batch.glmtts.audio import MelExtractor, load_prompt_audio
 from glmtts_batch.glmtts.checkpoint import CheckpointLayout, validate_checkpoint_dir
 from glmtts_batch.glmtts.crossfade import join_with_crossfade
 from glmtts_batch.glmtts.flow import FlowDecoder
-from glmtts_batch.glmtts.hift import HiFT
-from glmtts_batch.glmtts.llm import GenerationOptions, SpeechLM, resolve_dtype
+from glmtts_batch.glmtts.llm import (
+    GenerationOptions,
+    GenerationStats,
+    SpeechLM,
+    resolve_dtype,
+)
 from glmtts_batch.glmtts.prompt import PromptCache, PromptFeatures
 from glmtts_batch.glmtts.speaker import SpeakerEncoder
 from glmtts_batch.glmtts.speech_tokenizer import SpeechTokenizer
 from glmtts_batch.glmtts.text.frontend import TextFrontend
 from glmtts_batch.glmtts.text.g2p import PhonemeDict
 from glmtts_batch.glmtts.text.tokenizer import SpecialTokens, TextTokenizer
-from glmtts_batch.glmtts.vocos import Vocos2D
+from glmtts_batch.glmtts.vocoder import Vocoder, vocoder_spec
 from glmtts_batch.log import Log, log_to_stderr
 from glmtts_batch.settings import audio_settings
 
@@ -75,7 +80,7 @@ class _Models:
     mel: MelExtractor
     llm: SpeechLM
     flow: FlowDecoder
-    vocoder: HiFT | Vocos2D
+    vocoder: Vocoder
 
 
 class GlmTtsEngine:
@@ -135,23 +140,19 @@ class GlmTtsEngine:
             f"(LLM {options.dtype}, flow {options.flow_dtype}, {options.sample_rate} Hz)"
         )
 
-        tokenizer = TextTokenizer.from_dir(layout.text_tokenizer_dir)
+        tokenizer = TextTokenizer.from_checkpoint(layout.text_tokenizer_dir)
         phoneme_dict = PhonemeDict.load(options.phoneme_dict) if options.phoneme_dict else None
-        vocoder: HiFT | Vocos2D
-        if options.sample_rate == 24000:
-            vocoder = HiFT.from_checkpoint(layout.hift_weights, device)
-        else:
-            vocoder = Vocos2D.load(layout.vocos_script, device)
+        vocoder = vocoder_spec(options.sample_rate)
         models = _Models(
             tokenizer=tokenizer,
             special=tokenizer.special,
             text=TextFrontend(tokenizer, phoneme_dict=phoneme_dict),
-            speech_tokenizer=SpeechTokenizer.from_dir(layout.speech_tokenizer_dir, device),
-            speaker=SpeakerEncoder(layout.campplus, device),
+            speech_tokenizer=SpeechTokenizer.from_checkpoint(layout.speech_tokenizer_dir, device),
+            speaker=SpeakerEncoder.from_checkpoint(layout.campplus, device),
             mel=MelExtractor(options.sample_rate),
-            llm=SpeechLM.load(layout.llm_dir, device, llm_dtype),
+            llm=SpeechLM.from_checkpoint(layout.llm_dir, device, llm_dtype),
             flow=FlowDecoder.from_checkpoint(layout.flow_weights, device, flow_dtype, config_path=layout.flow_config),
-            vocoder=vocoder,
+            vocoder=vocoder.load(layout.vocoder_weights(options.sample_rate), device),
         )
         try:
             generation = GenerationOptions(
@@ -165,51 +166,58 @@ class GlmTtsEngine:
     # ------------------------------------------------------------------ Engine protocol
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
-        if request.prompt_audio is None:
-            raise TaskError("the glmtts engine clones a voice: this task needs prompt_audio", field="prompt_audio")
-        if not (request.prompt_text or "").strip():
-            raise TaskError(
-                "the glmtts engine needs prompt_text, the transcript of the prompt audio", field="prompt_text"
-            )
-        m = self.models
+        prompt_audio, prompt_text = _checked_prompt(request)
         clock = _StageClock(self.device)
-
         prompt = self.prompts.get_or_compute(
-            request.prompt_audio,
-            request.prompt_text,
-            lambda: self.prompt_features(request.prompt_audio, request.prompt_text),
+            prompt_audio,
+            prompt_text,
+            lambda: self.prompt_features(prompt_audio, prompt_text),
             digest=request.prompt_audio_sha256,
         )
         phoneme = request.phoneme if request.phoneme is not None else self.options.phoneme_dict is not None
-        spoken = [(piece, ids) for piece in m.text.pieces(request.text, phoneme=phoneme) if (ids := m.text.ids(piece))]
-        pieces = [piece for piece, _ in spoken]
-        piece_ids = [ids for _, ids in spoken]
-        if not piece_ids:
-            raise TaskError("input_text has nothing to speak after text normalisation", field="input_text")
+        pieces, piece_ids = self._text_pieces(request.text, phoneme)
         clock.lap("frontend")
 
-        tokens_per_piece, llm_stats = m.llm.generate_long(
+        tokens_per_piece, llm_stats = self.models.llm.generate_long(
             piece_ids,
             prompt.prompt_text_ids,
             prompt.speech_tokens,
-            m.special,
+            self.models.special,
             seed=request.seed,
             prompt_cache=self.options.prompt_cache,
             options=self.generation,
         )
         clock.lap("llm")
 
+        waves = self._render(tokens_per_piece, prompt, seed=request.seed, clock=clock)
+        audio = join_with_crossfade(waves, self.sample_rate, CROSSFADE_MS)
+        details = self._details(pieces, tokens_per_piece, llm_stats, prompt, clock, len(audio), phoneme)
+        return Synthesis(audio=audio, sample_rate=self.sample_rate, details=details)
+
+    def _text_pieces(self, text: str, phoneme: bool) -> tuple[list[str], list[list[int]]]:
+        """The pieces the text is spoken in, and their token ids (pieces without any dropped)."""
+        frontend = self.models.text
+        spoken = [(piece, ids) for piece in frontend.pieces(text, phoneme=phoneme) if (ids := frontend.ids(piece))]
+        if not spoken:
+            raise TaskError("input_text has nothing to speak after text normalisation", field="input_text")
+        return [piece for piece, _ in spoken], [ids for _, ids in spoken]
+
+    def _render(
+        self, tokens_per_piece: list[list[int]], prompt: PromptFeatures, *, seed: int, clock: _StageClock
+    ) -> list[np.ndarray]:
+        """Speech tokens of each piece -> mel (flow) -> waveform (vocoder), one piece at a time."""
+        models = self.models
         prompt_tokens = torch.tensor([prompt.speech_tokens], dtype=torch.long, device=self.device)
         prompt_mel = prompt.prompt_mel.to(self.device)[None]  # (1, Tp, 80)
         embedding = prompt.embedding.to(self.device)[None]  # (1, 192)
         # One generator for the whole task: each piece draws fresh noise (as upstream's global
         # RNG does), and the task's seed still fixes every draw.
-        generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         waves: list[np.ndarray] = []
         for tokens in tokens_per_piece:
             if not tokens:
                 continue
-            mel = m.flow.inference(
+            mel = models.flow.inference(
                 torch.tensor([tokens], dtype=torch.long, device=self.device),
                 prompt_tokens,
                 prompt_mel,
@@ -217,47 +225,51 @@ class GlmTtsEngine:
                 generator=generator,
             )
             clock.lap("flow")
-            wav = self._vocode(mel, generator)
+            wav = models.vocoder.vocode(mel, generator)  # (1, samples)
             clock.lap("vocoder")
             waves.append(wav[0].float().cpu().numpy())
         if not waves:
             raise TaskError("the model produced no speech tokens for this text", field="input_text")
-        audio = join_with_crossfade(waves, self.sample_rate, CROSSFADE_MS)
+        return waves
 
+    def _details(
+        self,
+        pieces: list[str],
+        tokens_per_piece: list[list[int]],
+        llm_stats: list[GenerationStats],
+        prompt: PromptFeatures,
+        clock: _StageClock,
+        n_samples: int,
+        phoneme: bool,
+    ) -> dict[str, Any]:
+        """What the manifest records about how this task was synthesised."""
         seconds = clock.total()
-        duration = len(audio) / self.sample_rate
+        duration = n_samples / self.sample_rate
         generated = sum(s.generated_tokens for s in llm_stats)
         llm_seconds = clock.stages.get("llm", 0.0)
-        details: dict[str, Any] = {
+        return {
             "text_pieces": pieces,
             "speech_tokens": [len(t) for t in tokens_per_piece],
             "prompt_speech_tokens": len(prompt.speech_tokens),
-            "timings_s": {k: round(v, 4) for k, v in clock.stages.items()},
+            "timings_s": {stage: round(v, 4) for stage, v in clock.stages.items()},
             "llm_tokens_per_s": round(generated / llm_seconds, 2) if llm_seconds > 0 else None,
             "rtf": round(seconds / duration, 4) if duration > 0 else None,
             "stop_reasons": [s.stop_reason for s in llm_stats],
             "device": str(self.device),
             "phoneme": phoneme,
         }
-        return Synthesis(audio=audio, sample_rate=self.sample_rate, details=details)
 
     def prompt_features(self, path: Path, prompt_text: str) -> PromptFeatures:
         """Everything the LM and the flow take from one prompt recording and its transcript."""
-        m = self.models
+        models = self.models
         audio = load_prompt_audio(path)
         at_16k = audio.at_rate(SPEAKER_RATE)
         return PromptFeatures(
-            prompt_text_ids=m.text.prompt_ids(prompt_text),
-            speech_tokens=m.speech_tokenizer.tokenize(at_16k),
-            embedding=torch.from_numpy(m.speaker.embed(at_16k)).float(),
-            prompt_mel=m.mel.prompt_mel(audio.at_rate(self.sample_rate), self.device),
+            prompt_text_ids=models.text.prompt_ids(prompt_text),
+            speech_tokens=models.speech_tokenizer.tokenize(at_16k),
+            embedding=torch.from_numpy(models.speaker.embed(at_16k)).float(),
+            prompt_mel=models.mel.prompt_mel(audio.at_rate(self.sample_rate), self.device),
         )
-
-    def _vocode(self, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        vocoder = self.models.vocoder
-        if isinstance(vocoder, HiFT):
-            return vocoder.inference(mel, generator=generator)
-        return vocoder(mel)
 
     def free_memory(self) -> None:
         gc.collect()
@@ -271,6 +283,15 @@ class GlmTtsEngine:
         self.prompts.clear()
         self.models = None  # type: ignore[assignment]
         self.free_memory()
+
+
+def _checked_prompt(request: SynthesisRequest) -> tuple[Path, str]:
+    """The task's prompt audio and transcript; voice cloning needs both."""
+    if request.prompt_audio is None:
+        raise TaskError("the glmtts engine clones a voice: this task needs prompt_audio", field="prompt_audio")
+    if request.prompt_text is None or not request.prompt_text.strip():
+        raise TaskError("the glmtts engine needs prompt_text, the transcript of the prompt audio", field="prompt_text")
+    return request.prompt_audio, request.prompt_text
 
 
 class _StageClock:

@@ -13,7 +13,6 @@ from the tensor shapes (`DiTConfig.from_state_dict`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,29 +25,6 @@ from torch import Tensor, nn
 from glmtts_batch.errors import CheckpointError
 from glmtts_batch.glmtts.dit import DiT, DiTConfig, block_attention_mask
 from glmtts_batch.glmtts.weights import load_module, read_state_dict
-
-__all__ = [
-    "DiTConfig",
-    "FlowSettings",
-    "FlowDecoder",
-    "read_flow_settings",
-    "load_flow",
-    "random_flow_state_dict",
-    "random_flow_checkpoint",
-    "write_flow_config",
-    "cosine_t_span",
-    "mel_length",
-    "RELEASED_CONFIG_YAML",
-]
-
-# The released `flow/config.yaml`, verbatim.
-RELEASED_CONFIG_YAML = """flow: !new:flow.flow.Flow
-    spkr_emb_adaLN: True
-    speech_token_cfg: False
-    remove_spkr_concat_condition: True
-    mel_dim: 80
-    mel_framerate: 50
-    input_frame_rate: 25"""
 
 
 @dataclass(frozen=True)
@@ -121,15 +97,6 @@ def read_flow_settings(path: str | Path) -> FlowSettings:
     return settings
 
 
-def write_flow_config(directory: str | Path) -> Path:
-    """Write the released `config.yaml` into `directory` (created if needed); returns its path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "config.yaml"
-    path.write_text(RELEASED_CONFIG_YAML, encoding="utf-8")
-    return path
-
-
 def cosine_t_span(n_timesteps: int, device: torch.device | str | None = None) -> Tensor:
     """(n + 1,) flow times `1 - cos(linspace(0, 1, n + 1) * pi / 2)`: small steps near the noise."""
     t = torch.linspace(0, 1, n_timesteps + 1, device=device)
@@ -151,6 +118,49 @@ class _Conditioning:
     spk: Tensor | None  # (2B, spk_dim)
     padding_mask: Tensor | None  # (2B, T) bool, None when nothing is padded
     block_mask: Tensor | None  # (T, T) bool
+
+
+@dataclass(frozen=True)
+class _ItemLengths:
+    """Per-item lengths of a padded batch, as host lists (each of length B)."""
+
+    tokens: list[int]
+    prompt_tokens: list[int]
+    prompt_mel: list[int]
+    total_tokens: list[int]  # prompt + target tokens
+    frames: list[int]  # mel frames of prompt + target: `mel_length(total_tokens)`
+
+    @classmethod
+    def of(
+        cls,
+        batch: int,
+        token_lengths: Tensor,
+        prompt_token_lengths: Tensor,
+        prompt_mel_lengths: Tensor,
+        settings: FlowSettings,
+        *batched: Tensor,
+    ) -> _ItemLengths:
+        lengths = [
+            torch.as_tensor(x, dtype=torch.long).cpu().tolist()
+            for x in (token_lengths, prompt_token_lengths, prompt_mel_lengths)
+        ]
+        if any(len(x) != batch for x in lengths) or any(t.shape[0] != batch for t in batched):
+            raise ValueError("tokens, prompt tokens, prompt mel, embedding and their lengths must share the batch size")
+        n_tokens, n_prompt, n_mel = lengths
+        total = [p + n for p, n in zip(n_prompt, n_tokens)]
+        frames = [mel_length(n, settings) for n in total]
+        if min(total) <= 0 or min(frames) <= 0:
+            raise ValueError("every item needs at least one token (prompt + target) and one mel frame")
+        return cls(n_tokens, n_prompt, n_mel, total, frames)
+
+
+def _after_prompt(x: Tensor, lengths: _ItemLengths) -> tuple[Tensor, Tensor]:
+    """Final state (B, Tmax, mel) -> the frames after each prompt, (B, mel, Tout_max) zero-padded, and Tout (B,)."""
+    out_lengths = [max(0, f - p) for f, p in zip(lengths.frames, lengths.prompt_mel)]
+    mel = torch.zeros(x.shape[0], max(out_lengths), x.shape[2], dtype=x.dtype, device=x.device)
+    for i, (start, end) in enumerate(zip(lengths.prompt_mel, lengths.frames)):
+        mel[i, : out_lengths[i]] = x[i, start:end]
+    return mel.transpose(1, 2), torch.tensor(out_lengths)
 
 
 class FlowDecoder(nn.Module):
@@ -181,7 +191,22 @@ class FlowDecoder(nn.Module):
         *,
         config_path: str | Path | None = None,
     ) -> FlowDecoder:
-        return load_flow(path, device, dtype, config_path=config_path)
+        """Load the released flow decoder unchanged.
+
+        `path` is the `flow/` folder or its `flow.pt` (a raw state dict or `{"model": sd}`);
+        `config.yaml` is read from beside it unless `config_path` is given. Keys must match
+        exactly (CheckpointError names every missing, unexpected or mis-shaped key); tensors
+        go straight to `device` and `dtype`.
+        """
+        ckpt, config = _flow_files(Path(path), config_path)
+        if not ckpt.is_file():
+            raise CheckpointError(f"{ckpt}: flow checkpoint not found")
+        if not config.is_file():
+            raise CheckpointError(f"{config}: flow config not found")
+        settings = read_flow_settings(config)
+        state = read_state_dict(ckpt, device=device)
+        dit_config = DiTConfig.from_state_dict(state, prefix="estimator.", where=str(ckpt))
+        return load_module(lambda: cls(dit_config, settings), state, where=str(ckpt), device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ inference
 
@@ -257,58 +282,68 @@ class FlowDecoder(nn.Module):
         `on_step(step, x)` sees the state entering each Euler step (1-based).
         Returns mel (B, mel_dim, Tout_max) zero-padded, and mel_lengths (B,).
         """
-        s = self.settings
         device = self.estimator.proj_out.weight.device
-        dtype = self.estimator.proj_out.weight.dtype
-        cfg = s.inference_cfg_rate if cfg_rate is None else cfg_rate
-        b = tokens.shape[0]
-        lengths = [torch.as_tensor(x, dtype=torch.long).cpu().tolist() for x in (token_lengths, prompt_token_lengths, prompt_mel_lengths)]
-        if any(len(x) != b for x in lengths) or prompt_tokens.shape[0] != b or prompt_mel.shape[0] != b or embedding.shape[0] != b:
-            raise ValueError("tokens, prompt tokens, prompt mel, embedding and their lengths must share the batch size")
-        n_tok, n_ptok, n_pmel = lengths
-        total_tokens = [p + n for p, n in zip(n_ptok, n_tok)]
-        feat_lengths = [mel_length(n, s) for n in total_tokens]
-        if min(total_tokens) <= 0 or min(feat_lengths) <= 0:
-            raise ValueError("every item needs at least one token (prompt + target) and one mel frame")
-        t_max = max(feat_lengths)
+        batch = tokens.shape[0]
+        lengths = _ItemLengths.of(
+            batch, token_lengths, prompt_token_lengths, prompt_mel_lengths, self.settings, prompt_tokens, prompt_mel, embedding
+        )
+        self._check_token_ids(tokens, prompt_tokens)
+        conditioning, padding_mask = self._conditioning(
+            tokens, prompt_tokens, prompt_mel, embedding, lengths, block_pattern, device
+        )
+        # The ODE state and the guidance mix stay float32 whatever the estimator's dtype: in
+        # half precision, (1 + cfg) * v_cond - cfg * v_uncond amplifies rounding every step.
+        x = self._initial_noise(batch, lengths.frames, noise, generator, device, torch.float32)
+        cfg = self.settings.inference_cfg_rate if cfg_rate is None else cfg_rate
+        x = self.solve(x, conditioning, n_timesteps=n_timesteps, cfg_rate=cfg, keep=padding_mask, on_step=on_step)
+        return _after_prompt(x, lengths)
+
+    def _check_token_ids(self, tokens: Tensor, prompt_tokens: Tensor) -> None:
         # Checked once here, not in the estimator: there it would sync the GPU at every step.
         vocab = self.config.text_vocab_size
         for ids in (tokens, prompt_tokens):
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > vocab):
                 raise ValueError(f"speech token ids must lie in [0, {vocab}]")
 
-        # Per item: tokens = prompt tokens + target tokens; condition = last prompt frames, zeros after.
-        text = torch.zeros(b, max(total_tokens), dtype=torch.long, device=device)
-        cond = torch.zeros(b, t_max, s.mel_dim, dtype=dtype, device=device)
-        for i in range(b):
-            text[i, : n_ptok[i]] = prompt_tokens[i, : n_ptok[i]]
-            text[i, n_ptok[i] : total_tokens[i]] = tokens[i, : n_tok[i]]
-            copy = min(n_pmel[i], feat_lengths[i])
-            cond[i, :copy] = prompt_mel[i, n_pmel[i] - copy : n_pmel[i]].to(device=device, dtype=dtype)
-        frame_lengths = torch.tensor(feat_lengths, device=device)
+    def _conditioning(
+        self,
+        tokens: Tensor,
+        prompt_tokens: Tensor,
+        prompt_mel: Tensor,
+        embedding: Tensor,
+        lengths: _ItemLengths,
+        block_pattern: list[int] | None,
+        device: torch.device,
+    ) -> tuple[_Conditioning, Tensor]:
+        """The estimator's inputs besides x, doubled into [cond; uncond], and the (B, T) frame mask.
+
+        Per item: tokens = prompt tokens + target tokens; condition = the last prompt frames,
+        zeros after.
+        """
+        dtype = self.estimator.proj_out.weight.dtype
+        batch, t_max = len(lengths.frames), max(lengths.frames)
+        text = torch.zeros(batch, max(lengths.total_tokens), dtype=torch.long, device=device)
+        cond = torch.zeros(batch, t_max, self.settings.mel_dim, dtype=dtype, device=device)
+        for i in range(batch):
+            n_prompt, n_total, n_mel = lengths.prompt_tokens[i], lengths.total_tokens[i], lengths.prompt_mel[i]
+            text[i, :n_prompt] = prompt_tokens[i, :n_prompt]
+            text[i, n_prompt:n_total] = tokens[i, : lengths.tokens[i]]
+            copy = min(n_mel, lengths.frames[i])
+            cond[i, :copy] = prompt_mel[i, n_mel - copy : n_mel].to(device=device, dtype=dtype)
+        frame_lengths = torch.tensor(lengths.frames, device=device)
         padding_mask = torch.arange(t_max, device=device)[None, :] < frame_lengths[:, None]
         spk = F.normalize(embedding.to(device=device, dtype=torch.float32), dim=1).to(dtype) if self.config.spk_dim else None
 
-        text_uncond = text if not s.speech_token_cfg else torch.zeros_like(text)
+        text_uncond = text if not self.settings.speech_token_cfg else torch.zeros_like(text)
         conditioning = _Conditioning(
             text=torch.cat([text, text_uncond]),
-            text_lengths=torch.tensor(total_tokens * 2, device=device),
+            text_lengths=torch.tensor(lengths.total_tokens * 2, device=device),
             cond=torch.cat([cond, torch.zeros_like(cond)]),
             spk=None if spk is None else torch.cat([spk, torch.zeros_like(spk)]),
             padding_mask=None if bool(padding_mask.all()) else padding_mask.repeat(2, 1),
             block_mask=None if block_pattern is None else block_attention_mask(block_pattern, t_max, device),
         )
-
-        # The ODE state and the guidance mix stay float32 whatever the estimator's dtype: in
-        # half precision, (1 + cfg) * v_cond - cfg * v_uncond amplifies rounding every step.
-        x = self._initial_noise(b, feat_lengths, noise, generator, device, torch.float32)
-        x = self.solve(x, conditioning, n_timesteps=n_timesteps, cfg_rate=cfg, keep=padding_mask, on_step=on_step)
-
-        out_lengths = [max(0, f - p) for f, p in zip(feat_lengths, n_pmel)]
-        mel = torch.zeros(b, max(out_lengths), s.mel_dim, dtype=x.dtype, device=device)
-        for i in range(b):
-            mel[i, : out_lengths[i]] = x[i, n_pmel[i] : feat_lengths[i]]
-        return mel.transpose(1, 2), torch.tensor(out_lengths)
+        return conditioning, padding_mask
 
     def _initial_noise(
         self,
@@ -334,21 +369,21 @@ class FlowDecoder(nn.Module):
             x[i, : feat_lengths[i]] = torch.randn(feat_lengths[i], mel_dim, generator=g, device=g.device).to(device=device, dtype=dtype)
         return x
 
-    def velocity(self, x: Tensor, t: Tensor, c: _Conditioning, cfg_rate: float) -> Tensor:
+    def velocity(self, x: Tensor, t: Tensor, conditioning: _Conditioning, cfg_rate: float) -> Tensor:
         """Guided velocity at (x (B, T, mel), t scalar): conditional and unconditional as one batch of 2B.
 
         With cfg_rate <= 0 only the conditional half runs (upstream skips the second pass too).
         """
         n = 2 * x.shape[0] if cfg_rate > 0 else x.shape[0]
         out = self.estimator(
-            torch.cat([x, x])[:n].to(c.cond.dtype),
-            c.cond[:n],
-            c.text[:n],
+            torch.cat([x, x])[:n].to(conditioning.cond.dtype),
+            conditioning.cond[:n],
+            conditioning.text[:n],
             t.reshape(1),
-            None if c.spk is None else c.spk[:n],
-            padding_mask=None if c.padding_mask is None else c.padding_mask[:n],
-            text_lengths=c.text_lengths[:n],
-            block_mask=c.block_mask,
+            None if conditioning.spk is None else conditioning.spk[:n],
+            padding_mask=None if conditioning.padding_mask is None else conditioning.padding_mask[:n],
+            text_lengths=conditioning.text_lengths[:n],
+            block_mask=conditioning.block_mask,
         ).float()
         if cfg_rate <= 0:
             return out
@@ -358,7 +393,7 @@ class FlowDecoder(nn.Module):
     def solve(
         self,
         x: Tensor,
-        c: _Conditioning,
+        conditioning: _Conditioning,
         *,
         n_timesteps: int,
         cfg_rate: float,
@@ -382,7 +417,7 @@ class FlowDecoder(nn.Module):
         for step in range(1, n_timesteps + 1):
             if on_step is not None:
                 on_step(step, x)
-            v = self.velocity(x, t, c, cfg_rate)
+            v = self.velocity(x, t, conditioning, cfg_rate)
             if keep_f is not None:
                 v = v * keep_f  # padded frames stay at their noise
             x = x + dt.to(x.dtype) * v
@@ -392,83 +427,7 @@ class FlowDecoder(nn.Module):
         return x
 
 
-# ---------------------------------------------------------------------- loading
-
-
 def _flow_files(path: Path, config_path: str | Path | None) -> tuple[Path, Path]:
     ckpt = path / "flow.pt" if path.is_dir() else path
     config = Path(config_path) if config_path is not None else ckpt.parent / "config.yaml"
     return ckpt, config
-
-
-def load_flow(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    *,
-    config_path: str | Path | None = None,
-) -> FlowDecoder:
-    """Load the released flow decoder unchanged.
-
-    `path` is the `flow/` folder or its `flow.pt`; `config.yaml` is read from beside it unless
-    `config_path` is given. Keys must match exactly (CheckpointError names every missing,
-    unexpected or mis-shaped key); tensors go straight to `device` and `dtype`.
-    """
-    ckpt, config = _flow_files(Path(path), config_path)
-    if not ckpt.is_file():
-        raise CheckpointError(f"{ckpt}: flow checkpoint not found")
-    if not config.is_file():
-        raise CheckpointError(f"{config}: flow config not found")
-    settings = read_flow_settings(config)
-    state = read_state_dict(ckpt, device=device)
-    dit_config = DiTConfig.from_state_dict(state, prefix="estimator.", where=str(ckpt))
-    return load_module(lambda: FlowDecoder(dit_config, settings), state, where=str(ckpt), device=device, dtype=dtype)
-
-
-# ---------------------------------------------------------------------- random checkpoints
-
-
-def _random_tensor(name: str, shape: torch.Size, config: DiTConfig, g: torch.Generator) -> Tensor:
-    """Weights that keep activations in a sane range: N(0, 1/fan_in) matrices, small biases."""
-    leaf = name.rsplit(".", 1)[-1]
-    if name.endswith("rotary_embed.inv_freq"):
-        d = config.dim_head
-        return 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    if name.endswith("text_embed.weight"):
-        return torch.randn(shape, generator=g)
-    if ".norm." in name:  # ConvNeXt LayerNorm affine
-        return (1.0 if leaf == "weight" else 0.0) + 0.1 * torch.randn(shape, generator=g)
-    if leaf in ("gamma", "beta"):  # GRN (upstream zero-inits; non-zero so it is exercised)
-        return 0.1 * torch.randn(shape, generator=g)
-    if leaf == "bias":
-        return 0.02 * torch.randn(shape, generator=g)
-    fan_in = math.prod(shape[1:])
-    return torch.randn(shape, generator=g) / math.sqrt(fan_in)
-
-
-def random_flow_state_dict(config: DiTConfig, seed: int = 0) -> dict[str, Tensor]:
-    """Random float32 weights in exactly the released key layout (`estimator.*`)."""
-    with torch.device("meta"):
-        shapes = {f"estimator.{k}": v.shape for k, v in DiT(config).state_dict().items()}
-    g = torch.Generator().manual_seed(seed)
-    return {name: _random_tensor(name, shape, config, g).float().contiguous() for name, shape in shapes.items()}
-
-
-def random_flow_checkpoint(path: str | Path, preset: str | DiTConfig = "tiny", seed: int = 0) -> Path:
-    """Write a random `flow.pt` (raw state dict) and the released `config.yaml`.
-
-    `path` is the `flow/` folder or the `flow.pt` file to write; preset "tiny", "full"
-    (~0.9 GB) or a DiTConfig. Returns the path of `flow.pt`.
-    """
-    if isinstance(preset, DiTConfig):
-        config = preset
-    elif preset in ("tiny", "full"):
-        config = getattr(DiTConfig, preset)()
-    else:
-        raise ValueError(f"unknown flow preset {preset!r} (tiny | full)")
-    path = Path(path)
-    ckpt = path if path.suffix == ".pt" else path / "flow.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(random_flow_state_dict(config, seed), ckpt)
-    write_flow_config(ckpt.parent)
-    return ckpt

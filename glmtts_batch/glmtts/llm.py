@@ -37,12 +37,11 @@ prompt-history cache; the pruning rule is the pure function `prune_prompt_histor
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -50,19 +49,13 @@ from torch import Tensor, nn
 from glmtts_batch.errors import CheckpointError
 from glmtts_batch.glmtts.reference_sampling import audio_only_logits, generate_reference
 from glmtts_batch.glmtts.sampling import RasParams, ras_sample, topk_sample
-from glmtts_batch.glmtts.weights import (
-    load_module,
-    read_state_dict,
-    write_safetensors_stream,
-)
+from glmtts_batch.glmtts.text.tokenizer import SpecialTokens
+from glmtts_batch.glmtts.weights import load_module, read_state_dict
 from glmtts_batch.settings import run_only
 
 # Upstream `MAX_LLM_SEQ_INP_LEN`: budget for cached + expected speech tokens in the prompt.
 PROMPT_HISTORY_LIMIT = 750
-# The released checkpoint was saved by transformers' `save_pretrained` with its default
-# 5 GB shard limit; reproducing it gives exactly the released weight map.
-HF_MAX_SHARD_BYTES = 5_000_000_000
-_TRANSFORMERS_VERSION = "4.47.1"  # as written in the released config files
+TRANSFORMERS_VERSION = "4.47.1"  # as written in the released config files
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -72,16 +65,6 @@ _DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-
-
-class SpecialIds(Protocol):
-    """Special token ids, resolved through the text tokenizer (`text.tokenizer.SpecialTokens`)."""
-
-    ats: int  # <|audio_0|>
-    ate: int  # <|audio_32767|>
-    boa: int  # <|begin_of_audio|>
-    eoa: int  # <|user|>, the stop token
-    pad: int  # <|endoftext|>
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -128,13 +111,6 @@ class LlmConfig:
             intermediate_size=128,
         )
 
-    @classmethod
-    def preset(cls, name: str, vocab_size: int | None = None) -> LlmConfig:
-        if name not in ("tiny", "full"):
-            raise ValueError(f"unknown LLM preset {name!r} (expected 'tiny' or 'full')")
-        factory = cls.tiny if name == "tiny" else cls.full
-        return factory() if vocab_size is None else factory(vocab_size=vocab_size)
-
     def to_json(self) -> dict:
         """The config.json a released checkpoint of these shapes has (same keys, same order)."""
         return {
@@ -160,7 +136,7 @@ class LlmConfig:
             "rope_theta": self.rope_theta,
             "tie_word_embeddings": True,
             "torch_dtype": "float32",
-            "transformers_version": _TRANSFORMERS_VERSION,
+            "transformers_version": TRANSFORMERS_VERSION,
             "use_cache": True,
             "vocab_size": self.vocab_size,
         }
@@ -207,27 +183,6 @@ class LlmConfig:
         from transformers import LlamaConfig
 
         return LlamaConfig.from_dict(self.to_json())
-
-    def tensor_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Released key names and shapes, in the order `save_pretrained` writes them."""
-        h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
-        q, ff = self.num_attention_heads * self.head_dim, self.intermediate_size
-        shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (self.vocab_size, h))]
-        for i in range(self.num_hidden_layers):
-            p = f"model.layers.{i}."
-            shapes += [
-                (p + "self_attn.q_proj.weight", (q, h)),
-                (p + "self_attn.k_proj.weight", (kv, h)),
-                (p + "self_attn.v_proj.weight", (kv, h)),
-                (p + "self_attn.o_proj.weight", (h, q)),
-                (p + "mlp.gate_proj.weight", (ff, h)),
-                (p + "mlp.up_proj.weight", (ff, h)),
-                (p + "mlp.down_proj.weight", (h, ff)),
-                (p + "input_layernorm.weight", (h,)),
-                (p + "post_attention_layernorm.weight", (h,)),
-            ]
-        shapes.append(("model.norm.weight", (h,)))
-        return shapes
 
 
 # --------------------------------------------------------------------------------------
@@ -315,7 +270,7 @@ def build_input_ids(
     text_ids: Sequence[int],
     prompt_text_ids: Sequence[int],
     prompt_speech_tokens: Sequence[int],
-    special: SpecialIds,
+    special: SpecialTokens,
 ) -> list[int]:
     """`prompt_text_ids + text_ids + [boa] + (prompt_speech_tokens + ats)`."""
     n_audio = special.ate - special.ats + 1
@@ -325,7 +280,7 @@ def build_input_ids(
     return [*prompt_text_ids, *text_ids, special.boa, *(t + special.ats for t in prompt_speech_tokens)]
 
 
-def _check_special(special: SpecialIds, vocab_size: int) -> None:
+def _check_special(special: SpecialTokens, vocab_size: int) -> None:
     problems = []
     if not 0 <= special.ats <= special.ate < vocab_size:
         problems.append(f"audio range [{special.ats}, {special.ate}] not inside the vocabulary ({vocab_size})")
@@ -351,7 +306,7 @@ class SpeechLM(nn.Module):
         self.model = LlamaModel(config.llama_config())
 
     @classmethod
-    def load(
+    def from_checkpoint(
         cls,
         llm_dir: str | Path,
         device: str | torch.device = "cpu",
@@ -408,7 +363,7 @@ class SpeechLM(nn.Module):
         )
         return out.last_hidden_state[:, -1]
 
-    def candidate_logits(self, hidden: Tensor, special: SpecialIds) -> Tensor:
+    def candidate_logits(self, hidden: Tensor, special: SpecialTokens) -> Tensor:
         """(B, D) -> float32 logits (B, n_audio + 1): audio ids ats..ate, then eoa."""
         table = self.model.embed_tokens.weight  # tied output projection
         if table.dtype == torch.float32:
@@ -420,7 +375,7 @@ class SpeechLM(nn.Module):
         # float32 copy of the candidate rows (268 MB at full size) keeps this product exact.
         return hidden.float() @ self._fp32_candidates(special).T
 
-    def _fp32_candidates(self, special: SpecialIds) -> Tensor:
+    def _fp32_candidates(self, special: SpecialTokens) -> Tensor:
         key = (special.ats, special.ate, special.eoa)
         cached = getattr(self, "_candidates", None)
         if cached is None or cached[0] != key:
@@ -436,7 +391,7 @@ class SpeechLM(nn.Module):
         text_ids: Sequence[int],
         prompt_text_ids: Sequence[int],
         prompt_speech_tokens: Sequence[int],
-        special: SpecialIds,
+        special: SpecialTokens,
         *,
         seed: int,
         options: GenerationOptions = GenerationOptions(),
@@ -502,7 +457,7 @@ class SpeechLM(nn.Module):
         pieces_text_ids: Sequence[Sequence[int]],
         prompt_text_ids: Sequence[int],
         prompt_speech_tokens: Sequence[int],
-        special: SpecialIds,
+        special: SpecialTokens,
         *,
         seed: int,
         prompt_cache: bool = True,
@@ -533,7 +488,7 @@ class SpeechLM(nn.Module):
     def _generate_upstream(
         self,
         ids: list[int],
-        special: SpecialIds,
+        special: SpecialTokens,
         min_len: int,
         max_len: int,
         generator: torch.Generator,
@@ -577,99 +532,3 @@ class SpeechLM(nn.Module):
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
-
-
-# --------------------------------------------------------------------------------------
-# Random-weight checkpoints in the released layout
-
-
-def plan_llm_shards(config: LlmConfig, num_shards: int = 2) -> list[list[str]]:
-    """Which keys go in which shard, in `save_pretrained` order.
-
-    The full preset in two shards uses transformers' 5 GB greedy rule, which reproduces
-    the released weight map exactly. Otherwise keys are cut into `num_shards` contiguous
-    runs of about equal bytes (fewer if one tensor dominates).
-    """
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    shapes = config.tensor_shapes()
-    sizes = [4 * math.prod(shape) for _, shape in shapes]  # float32
-    total = sum(sizes)
-    shards: list[list[str]] = []
-    if config == LlmConfig.full(config.vocab_size) and num_shards == 2 and total > HF_MAX_SHARD_BYTES:
-        current = 0
-        for (name, _), size in zip(shapes, sizes):
-            if not shards or current + size > HF_MAX_SHARD_BYTES:
-                shards.append([])
-                current = 0
-            shards[-1].append(name)
-            current += size
-        return shards
-    before = 0
-    assignment: dict[int, list[str]] = {}
-    for (name, _), size in zip(shapes, sizes):
-        assignment.setdefault(min(num_shards - 1, before * num_shards // total), []).append(name)
-        before += size
-    return [assignment[k] for k in sorted(assignment)]
-
-
-def iter_random_llm_tensors(config: LlmConfig, seed: int) -> Iterator[tuple[str, Tensor]]:
-    """Random float32 weights in `save_pretrained` order: N(0, 0.02) matrices, unit norms.
-
-    One generator walks the keys in order, so the values depend only on (config, seed),
-    and only one tensor exists at a time.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    for name, shape in config.tensor_shapes():
-        if len(shape) == 1:
-            yield name, torch.ones(shape)
-        else:
-            yield name, torch.randn(shape, generator=generator).mul_(0.02)
-
-
-def write_random_llm(
-    directory: str | Path,
-    preset: str = "tiny",
-    vocab_size: int | None = None,
-    seed: int = 0,
-    num_shards: int = 2,
-) -> Path:
-    """Write a random-weight `llm/` folder in the released layout and return it.
-
-    config.json, generation_config.json, `model-0000K-of-0000N.safetensors` shards and
-    `model.safetensors.index.json`; float32, tied embeddings, no lm_head key. Tensors are
-    generated and streamed to disk one at a time, so even the full preset (6.2 GB) never
-    holds more than its largest tensor in memory.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = LlmConfig.preset(preset, vocab_size)
-    plan = plan_llm_shards(config, num_shards)
-    shapes = dict(config.tensor_shapes())
-    (directory / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
-    generation = {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2}
-    generation["transformers_version"] = _TRANSFORMERS_VERSION
-    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-
-    tensors = iter_random_llm_tensors(config, seed)
-    weight_map: dict[str, str] = {}
-    total = 0
-    for k, names in enumerate(plan, start=1):
-        shard = f"model-{k:05d}-of-{len(plan):05d}.safetensors"
-        total += write_safetensors_stream(directory / shard, [(n, shapes[n]) for n in names], _next_of(tensors))
-        weight_map.update({n: shard for n in names})
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return directory
-
-
-def _next_of(tensors: Iterator[tuple[str, Tensor]]) -> Callable[[str, tuple[int, ...]], Tensor]:
-    """Adapt a stream of (name, tensor) to `write_safetensors_stream`'s `make`, checking order."""
-
-    def make(name: str, shape: tuple[int, ...]) -> Tensor:
-        got, tensor = next(tensors)
-        if got != name:
-            raise RuntimeError(f"tensor stream out of order: expected {name}, got {got}")
-        return tensor
-
-    return make

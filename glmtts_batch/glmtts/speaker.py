@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,12 +77,22 @@ def kaldi_fbank(samples_16k: np.ndarray) -> np.ndarray:
 class SpeakerEncoder:
     """CAM++ through onnxruntime. Load once per run; `embed` one prompt at a time."""
 
-    def __init__(self, onnx_path: str | Path, device: str | torch.device = "cpu", *, threads: int | None = None) -> None:
+    def __init__(self, session: Any, path: Path) -> None:
+        """Adopt an onnxruntime session of `path` after checking it computes a CAM++ embedding."""
+        self.path = path
+        self.session = session
+        self.providers = list(session.get_providers())
+        self._check_interface()
+
+    @classmethod
+    def from_checkpoint(
+        cls, onnx_path: str | Path, device: str | torch.device = "cpu", *, threads: int | None = None
+    ) -> SpeakerEncoder:
         import onnxruntime as ort
 
-        self.path = Path(onnx_path)
-        if not self.path.is_file():
-            raise EngineLoadError(f"CAM++ speaker model not found: {self.path}")
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise EngineLoadError(f"CAM++ speaker model not found: {path}")
         device = torch.device(device)
         providers: list = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -94,10 +105,12 @@ class SpeakerEncoder:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise EngineLoadError(f"{self.path}: cannot be loaded as an ONNX model ({exc})") from exc
-        self.providers = list(self.session.get_providers())
+            raise EngineLoadError(f"{path}: cannot be loaded as an ONNX model ({exc})") from exc
+        return cls(session, path)
+
+    def _check_interface(self) -> None:
         inputs = self.session.get_inputs()
         if not inputs:
             raise EngineLoadError(f"{self.path}: not a CAM++ speaker model (it has no inputs)")
@@ -146,50 +159,3 @@ class SpeakerEncoder:
     def embed(self, samples_16k: np.ndarray) -> np.ndarray:
         """(N,) mono float samples at 16 kHz -> (192,) float32 speaker embedding (not normalised)."""
         return self._run(self.features(samples_16k))
-
-
-def write_test_campplus(path: str | Path, seed: int = 0, *, hidden: int = 64) -> None:
-    """Write a small random ONNX model with CAM++'s interface, for tests and random checkpoints.
-
-    Input "input": float (B, T, 80), T dynamic; output "output": float (B, 192).
-    Inside: mean over time of ReLU(x W1 + b1), then a linear map to 192. It depends on
-    the input nonlinearly, so different audio gives different embeddings even after
-    the fbank mean has been removed.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w1 = (rng.standard_normal((NUM_MEL_BINS, hidden)) / np.sqrt(NUM_MEL_BINS)).astype(np.float32)
-    b1 = (0.5 * rng.standard_normal(hidden)).astype(np.float32)
-    w2 = (rng.standard_normal((hidden, EMBEDDING_DIM)) / np.sqrt(hidden)).astype(np.float32)
-    b2 = (0.1 * rng.standard_normal(EMBEDDING_DIM)).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["input", "w1"], ["h0"]),
-        helper.make_node("Add", ["h0", "b1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["h2"]),
-        helper.make_node("ReduceMean", ["h2"], ["pooled"], axes=[1], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "w2"], ["p0"]),
-        helper.make_node("Add", ["p0", "b2"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "campplus_test",
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["B", "T", NUM_MEL_BINS])],
-        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", EMBEDDING_DIM])],
-        initializer=[
-            numpy_helper.from_array(w1, "w1"),
-            numpy_helper.from_array(b1, "b1"),
-            numpy_helper.from_array(w2, "w2"),
-            numpy_helper.from_array(b2, "b2"),
-        ],
-    )
-    # Opset 17 / IR 8 load in every onnxruntime the project supports (>= 1.17).
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="glmtts-batch")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, path)

@@ -17,10 +17,7 @@ so a module built on meta is complete once its state dict is assigned.
 from __future__ import annotations
 
 import json
-import math
-import os
-import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,7 +113,7 @@ def load_module(
     `dtype` converts floating-point tensors only (token ids, counters stay as they are).
     The caller's dict keeps its tensors, so a dtype or device change here briefly holds
     both copies: large models should be read onto the target device and converted one
-    tensor at a time before calling (as `llm.SpeechLM.load` does).
+    tensor at a time before calling (as `llm.SpeechLM.from_checkpoint` does).
     """
     device = torch.device(device)
     with torch.device("meta"):
@@ -141,37 +138,3 @@ def load_module(
 def _named_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     yield from module.named_parameters()
     yield from module.named_buffers()
-
-
-def write_safetensors_stream(
-    path: str | Path,
-    entries: Sequence[tuple[str, tuple[int, ...]]],
-    make: Callable[[str, tuple[int, ...]], torch.Tensor],
-) -> int:
-    """Write float32 tensors to a safetensors file one at a time; returns the data bytes.
-
-    Random checkpoints of the real shapes are several GB: generating and writing each
-    tensor in turn keeps peak memory at one tensor. The header comes first (u64 length,
-    JSON padded to 8 bytes, as the format wants), so every shape is declared up front and
-    `make(name, shape)` must return exactly that shape. Written via a temporary file.
-    """
-    path = Path(path)
-    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in entries:
-        size = 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for name, shape in entries:
-            tensor = make(name, shape)
-            if tuple(tensor.shape) != tuple(shape) or tensor.dtype != torch.float32:
-                raise ValueError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, expected {tuple(shape)} float32")
-            f.write(tensor.contiguous().numpy().data.cast("B"))
-    os.replace(tmp, path)
-    return offset

@@ -3,7 +3,7 @@
 Modules (imported directly; this package imports nothing, so loading the tokenizer does
 not pull in the normalisation grammars):
 
-* `tokenizer`: `TextTokenizer` (tiktoken ranks + added tokens), `write_test_tokenizer`;
+* `tokenizer`: `TextTokenizer` (tiktoken ranks + added tokens);
 * `normalize`: `TextNormalizer` (upstream `text_normalize` on wetext grammars);
 * `split`: `split_by_len` (upstream's 30..60 piece splitting);
 * `g2p`: `PhonemeDict`, `to_phoneme_text` (phoneme mode);

@@ -37,6 +37,7 @@ from pypinyin import Style, pinyin
 from pypinyin.contrib.tone_convert import to_finals_tone3, to_initials
 
 from glmtts_batch.errors import PhonemeDictError
+from glmtts_batch.glmtts.text.chars import is_han
 
 INITIALS = ("B", "C", "CH", "D", "F", "G", "H", "J", "K", "L", "M", "N", "P", "Q", "R", "S", "SH", "T", "X", "Z", "ZH")
 FINALS = (
@@ -58,17 +59,6 @@ def phoneme_inventory() -> list[str]:
     return list(INITIALS) + [f + t for f in FINALS for t in TONES]
 
 
-def is_chinese(char: str) -> bool:
-    """Han ideographs (CJK unified, extensions A..H, compatibility, radicals)."""
-    cp = ord(char)
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0x20000 <= cp <= 0x323AF
-        or 0xF900 <= cp <= 0xFAFF
-        or 0x2F800 <= cp <= 0x2FA1F
-        or 0x2E80 <= cp <= 0x2EFF
-    )
 
 
 def syllable_phonemes(syllable: str) -> list[str]:
@@ -177,7 +167,7 @@ def _convert_chinese_run(run: str) -> str:
 def _convert_plain(text: str) -> str:
     out, run = [], []
     for char in text:
-        if is_chinese(char):
+        if is_han(char):
             run.append(char)
             continue
         if run:

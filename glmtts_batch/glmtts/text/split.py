@@ -26,23 +26,18 @@ where they disagree a piece boundary can move by a word.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable
 
-PUNCTUATION_CHARS = "。？！；：、.?!;:，,"
+from glmtts_batch.glmtts.text.chars import SENTENCE_PUNCTUATION, is_han
+
 EN_SYLLABLE_WEIGHT = 0.7  # an English syllable is about 0.7 of a Chinese character's duration
-
-
-def _is_cjk(char: str) -> bool:
-    name = unicodedata.name(char, "")
-    return "CJK" in name or "IDEOGRAPH" in name
 
 
 def split_into_units(text: str) -> list[str]:
     units: list[str] = []
     word: list[str] = []
     for char in text:
-        if not _is_cjk(char) and (char.isalpha() or (word and char in "'-")):
+        if not is_han(char) and (char.isalpha() or (word and char in "'-")):
             word.append(char)
             continue
         if word:
@@ -93,7 +88,7 @@ class LengthCounter:
 
 def _is_punct(unit: str) -> bool:
     stripped = unit.strip()
-    return len(stripped) == 1 and stripped in PUNCTUATION_CHARS
+    return len(stripped) == 1 and stripped in SENTENCE_PUNCTUATION
 
 
 def _min_sentences(units: list[str], min_len: int, length: LengthCounter) -> list[list[str]]:
