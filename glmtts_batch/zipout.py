@@ -27,7 +27,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 # Classic field limits; past them the field holds the all-ones marker and the real
 # value goes into a ZIP64 record. Module-level so tests can lower them.
@@ -60,11 +60,11 @@ class StreamingZipWriter:
     def __init__(self, out: BinaryIO, *, spill_dir: Path | None = None) -> None:
         self._out = out
         self._start = out.tell()
-        self._spill = tempfile.TemporaryFile(dir=spill_dir)
+        self._spill = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115 - lives as long as the writer; close() ends it
         self._count = 0
         self._closed = False
 
-    def __enter__(self) -> "StreamingZipWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
