@@ -17,8 +17,9 @@ becomes unknown. Torn or unparsable lines are dropped (no reader can use them).
 A journal holding an entry of another format version is left as it is: a newer
 tool's entries are not this code's to drop.
 
-Memory: 16-byte name digests and an 8-byte offset per line, in numpy arrays
-(24 bytes a line), not the names themselves.
+Memory: 16-byte name digests and an 8-byte offset per line in flat arrays, not
+the names themselves; about 60 bytes a line at the peak, while sorting (25 MB and
+8 s for a 400,000-line, 150 MB journal on the project's 2-core machine).
 
 Call it only while holding the output folder's lock and while no `Journal` has
 the file open (its handles would keep writing to the replaced file): at run
