@@ -39,6 +39,7 @@ format: $(VENV)/.lint-installed
 
 bench: install
 	$(BIN)/python bench/bench_worker.py
+	$(BIN)/python bench/trace_growth.py
 
 # GLM-TTS engine on a full-shape random-weight checkpoint (built once, ~8.3 GB): 1 task and
 # a 32-task job on a GPU; 3 tasks of 100 tokens on CPU. Other runs, e.g.:

@@ -7,7 +7,11 @@
    second run that resumes every task, and the process's peak RSS against task count.
    These runs skip fsync, so they measure the worker's own CPU cost; one 1k run with
    fsync on (what the CLI does) shows what durability costs on this disk.
-2. espeak: audio seconds per wall second for jobs/demo.jsonl and a generated 50-line
+2. Big jobs: peak RSS of one run (no-op engine, WAVs, manifest, journal and zip, fsync off) of
+   50k / 100k / 200k tasks, each in its own process. Target: at most 150 MB at 200k
+   tasks, and flat from 50k to 200k (the growth column is MB per 100k extra tasks).
+   `--big-sizes ""` skips it (it writes 200k WAVs, ~1 GB; `--tmp` chooses where).
+3. espeak: audio seconds per wall second for jobs/demo.jsonl and a generated 50-line
    job, run through `run_batch` (fsync on) with a loaded EspeakEngine (load time
    reported apart).
 
@@ -15,6 +19,7 @@ Prints a compact table and writes bench/out/worker.json.
 
     python bench/bench_worker.py                       # default sizes, ~2-3 min on 2 cores
     python bench/bench_worker.py --sizes 1000 --fsync-sizes ""
+    python bench/bench_worker.py --sizes "" --fsync-sizes "" --big-sizes 50000,200000 --espeak-lines 0
 """
 
 from __future__ import annotations
@@ -107,6 +112,30 @@ def child_null(task_file: Path, out_dir: Path, fsync: bool) -> dict[str, Any]:
     }
 
 
+def child_big(task_file: Path, out_dir: Path) -> dict[str, Any]:
+    """One run, no resume pass: the peak is what one big job costs."""
+    from engines import NullEngine
+
+    from glmtts_batch.api import run_batch
+
+    rss_start = peak_rss_mb()
+    t0 = time.perf_counter()
+    summary = run_batch(
+        task_file, out_dir, engine=NullEngine(), seed=0, make_zip=True, progress=False, fsync=False,
+        log=lambda _: None,
+    )
+    wall = time.perf_counter() - t0
+    if summary.exit_code != 0 or summary.zip is None:
+        raise SystemExit(f"unexpected run result: {summary}")
+    return {
+        "tasks": summary.ok,
+        "run_s": round(wall, 3),
+        "zip_mb": round(summary.zip.stat().st_size / 1e6, 1),
+        "rss_after_imports_mb": round(rss_start, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
 def child_espeak(jobs: list[tuple[str, Path]], out_root: Path, fsync: bool) -> dict[str, Any]:
     from glmtts_batch.api import run_batch
     from glmtts_batch.engines.espeak import EspeakEngine
@@ -152,11 +181,13 @@ def run_child(args: list[str]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,50000", help="task counts for the no-op engine runs")
-    parser.add_argument("--espeak-lines", type=int, default=50, help="lines of the generated espeak job")
+    parser.add_argument("--big-sizes", default="50000,100000,200000", help="task counts for the peak-RSS runs")
+    parser.add_argument("--tmp", type=Path, help="folder for the generated jobs (default: the system temp folder)")
+    parser.add_argument("--espeak-lines", type=int, default=50, help="lines of the generated espeak job (0: skip)")
     parser.add_argument("--fsync-sizes", default="1000", help="task counts for no-op runs with fsync on")
     parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temp folder with the outputs")
-    parser.add_argument("--child", choices=["null", "espeak"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["null", "big", "espeak"], help=argparse.SUPPRESS)
     parser.add_argument("--task-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -165,6 +196,9 @@ def main() -> None:
     if args.child == "null":
         print(json.dumps(child_null(args.task_file, args.out, fsync)))
         return
+    if args.child == "big":
+        print(json.dumps(child_big(args.task_file, args.out)))
+        return
     if args.child == "espeak":
         jobs = [("demo", DEMO_JOB), (f"generated_{args.espeak_lines}", args.task_file)]
         print(json.dumps(child_espeak(jobs, args.out, fsync)))
@@ -172,10 +206,13 @@ def main() -> None:
 
     runs = [(int(s), False) for s in args.sizes.split(",") if s.strip()]
     runs += [(int(s), True) for s in args.fsync_sizes.split(",") if s.strip()]
-    tmp = Path(tempfile.mkdtemp(prefix="glmtts-bench-"))
+    if args.tmp is not None:
+        args.tmp.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="glmtts-bench-", dir=args.tmp))
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "null_engine": [],
+        "big_jobs": [],
     }
     try:
         for n, with_fsync in runs:
@@ -194,14 +231,24 @@ def main() -> None:
             if not args.keep:
                 shutil.rmtree(job)
 
-        job = tmp / "espeak"
-        job.mkdir()
-        write_task_file(job / "tasks.jsonl", args.espeak_lines)
-        report["espeak"] = run_child(
-            ["--child", "espeak", "--task-file", str(job / "tasks.jsonl"), "--out", str(job / "out"),
-             "--espeak-lines", str(args.espeak_lines)]
-        )
-        report["espeak"]["fsync"] = True
+        for n in [int(s) for s in args.big_sizes.split(",") if s.strip()]:
+            job = tmp / f"big_{n}"
+            job.mkdir()
+            write_task_file(job / "tasks.jsonl", n)
+            row = run_child(["--child", "big", "--task-file", str(job / "tasks.jsonl"), "--out", str(job / "out")])
+            report["big_jobs"].append(row)
+            print(f"  big job, {n} tasks: peak RSS {row['peak_rss_mb']} MiB in {row['run_s']} s", flush=True)
+            shutil.rmtree(job)  # 200k WAVs: never kept
+
+        if args.espeak_lines > 0:
+            job = tmp / "espeak"
+            job.mkdir()
+            write_task_file(job / "tasks.jsonl", args.espeak_lines)
+            report["espeak"] = run_child(
+                ["--child", "espeak", "--task-file", str(job / "tasks.jsonl"), "--out", str(job / "out"),
+                 "--espeak-lines", str(args.espeak_lines)]
+            )
+            report["espeak"]["fsync"] = True
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -224,6 +271,17 @@ def print_table(report: dict[str, Any]) -> None:
             f"{row['resume_tasks_per_s']:>10.0f}{1e6 / row['tasks_per_s']:>9.0f}"
             f"{row['rss_after_imports_mb']:>9.0f}MB{row['peak_rss_mb']:>8.0f}MB"
         )
+    big = report.get("big_jobs")
+    if big:
+        print(f"\n{'big job':<14}{'run s':>8}{'zip MB':>8}{'RSS start':>11}{'RSS peak':>10}{'MB/100k':>9}  target <= 150 MB, flat")
+        first = big[0]
+        for row in big:
+            extra = row["tasks"] - first["tasks"]
+            growth = (row["peak_rss_mb"] - first["peak_rss_mb"]) / extra * 1e5 if extra else 0.0
+            print(
+                f"{row['tasks']:>8} tasks{row['run_s']:>8.0f}{row['zip_mb']:>8.0f}{row['rss_after_imports_mb']:>9.0f}MB"
+                f"{row['peak_rss_mb']:>8.0f}MB{growth:>9.1f}"
+            )
     esp = report.get("espeak")
     if esp:
         print(f"\n{esp['model']} (fsync on, load {esp['load_s']:.2f} s, peak RSS {esp['peak_rss_mb']:.0f} MB)")

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .writers import DEFAULT_WRITER, AudioWriter
+from .zipout import DEFLATED, STORED, StreamingZipWriter
 
 TEMP_PREFIX = ".glmtts-tmp-"
 STATE_DIR = ".glmtts-batch"  # the run's own files in the output folder: journal, lock
@@ -135,17 +135,24 @@ def audio_names_from_manifest(manifest: Path) -> Iterable[str]:
 
 
 def write_zip(zip_path: Path, out_dir: Path, manifest: Path, summary: Path, *, fsync: bool = True) -> int:
-    """Package the run: every audio file the manifest lists (stored), then manifest and summary.
+    """Package the run: every audio file the manifest lists (stored), then manifest and summary (deflated).
 
-    Streams the manifest, so memory stays flat apart from zipfile's central
-    directory. Returns the number of audio files packed.
+    Streams the manifest, and the zip writer spills its central directory to an
+    anonymous file in the state folder, so memory stays flat however many WAVs
+    there are (see `zipout`). Returns the number of audio files packed.
     """
+    from .manifest import STATE_DIR  # here, not at the top: manifest imports this module
+
+    state = out_dir / STATE_DIR
+    spill_dir = state if state.is_dir() and not state.is_symlink() else out_dir
     count = 0
     with atomic_target(zip_path, fsync=fsync) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        # O_NOFOLLOW: a link planted at the temp name must not redirect the write.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+        with open(fd, "wb") as f, StreamingZipWriter(f, spill_dir=spill_dir) as zf:
             for rel in audio_names_from_manifest(manifest):
-                zf.write(out_dir / rel, arcname=rel, compress_type=zipfile.ZIP_STORED)
+                zf.write_file(out_dir / rel, rel, compress=STORED)
                 count += 1
-            zf.write(manifest, arcname=manifest.name, compress_type=zipfile.ZIP_DEFLATED)
-            zf.write(summary, arcname=summary.name, compress_type=zipfile.ZIP_DEFLATED)
+            zf.write_file(manifest, manifest.name, compress=DEFLATED)
+            zf.write_file(summary, summary.name, compress=DEFLATED)
     return count
