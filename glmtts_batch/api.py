@@ -25,6 +25,7 @@ from .tasks import (
     iter_task_dicts,
     iter_task_file,
     open_task_file,
+    task_base_dir,
 )
 
 Log = Callable[[str], None]
@@ -75,7 +76,7 @@ def run_batch(
     if isinstance(tasks, (str, os.PathLike)):
         path = Path(tasks)
         task_file = open_task_file(path)
-        items = iter_open_task_file(task_file, path.resolve().parent)
+        items = iter_open_task_file(task_file, task_base_dir(path, task_file))
         out = Path(out_dir) if out_dir is not None else Path("outputs") / path.stem
         zip_name = f"{path.stem}.zip"
         source = str(path)
