@@ -489,7 +489,7 @@ def test_run_and_check_record_a_prompt_os_error_as_that_task_invalid(tmp_path: P
     from glmtts_batch.api import check_tasks, run_batch
 
     f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "x", "prompt_audio": "d/" + "a" * 300 + ".wav", "output_name": "long"}),
+        json.dumps({"input_text": "x", "prompt_audio": "a" * 300 + ".wav", "output_name": "long"}),
         json.dumps({"input_text": "y", "output_name": "fine"}),
     ])
     report = check_tasks(f)
