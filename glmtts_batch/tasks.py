@@ -56,10 +56,12 @@ ALIASES = {"syn_text": "input_text", "prompt_speech": "prompt_audio", "uttid": "
 MAX_NAME_BYTES = 200  # leaves room for ".wav" and temp-file affixes under the usual 255-byte limit
 MAX_SEED = 2**63 - 1
 MAX_LINE_BYTES = 1 << 20  # one task line's content, without its line ending
-# A task's memory grows with its text (the audio of the whole text is held until written:
-# about 5 KB per character in the espeak engine). 20,000 characters is ~20 minutes of
-# speech and ~100 MB; a longer text is invalid rather than a risk to the run.
-MAX_TEXT_CHARS = 20_000
+# A task's memory grows with its text: the audio of the whole text is held until written.
+# Measured in the espeak engine (peak RSS, 24 kHz): ~8 KB per character of English (~18
+# characters a second of speech), ~38 KB per character of Chinese (~4 a second). 10,000
+# characters is at most ~45 minutes of speech and ~0.4 GB; a longer text is invalid rather
+# than a risk to the run (a 1.5 MB text once took 24 GB).
+MAX_TEXT_CHARS = 10_000
 _MAX_INT_DIGITS = 100  # longer JSON integers are kept as digits (no valid seed has more than 19)
 _SKIP_CHUNK = 1 << 16  # how much of an over-long line is read at a time while discarding it
 _TEXT_CONTROLS_ALLOWED = set("\t\n\r")
