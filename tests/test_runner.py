@@ -545,3 +545,24 @@ def test_start_up_os_errors_are_run_errors_naming_the_path(tmp_path: Path) -> No
     (out2 / ".glmtts-batch" / "journal.jsonl").mkdir(parents=True)
     with pytest.raises(RunError, match="journal.jsonl"):
         run(f, out2)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_drops_the_total_when_the_file_outgrows_it(terminal: bool) -> None:
+    from glmtts_batch.progress import Progress
+
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    stream = Stream()
+    p = Progress(16, enabled=True, stream=stream, every_lines=1)
+    p.update("ok", line=16)
+    if not terminal:  # (the bar redraws at most every 0.1 s)
+        assert "16/16" in stream.getvalue()
+    for line in range(17, 26):  # the producer kept appending
+        p.update("ok", line=line)
+    p.close()
+    shown = stream.getvalue()
+    assert "25" in shown and not any(f"{n}/16" in shown for n in range(17, 26))
+    assert p.total is None
