@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -123,6 +123,8 @@ def run_batch(
             total_lines=total,
             task_source=source,
         )
+        if not engine.info.clones_voice:
+            items = _warn_at_first_prompt(items, engine.info.name, log)
         return BatchRunner(engine, items, settings).run()
     finally:
         if owned_engine is not None:
@@ -154,8 +156,18 @@ def _load_engine(name: str, options: EngineOptions, log: Log) -> Engine:
 def _announce(engine: Engine, log: Log) -> None:
     info = engine.info
     log(f"engine: {info.name} | model: {info.model} | device: {info.device} | {info.sample_rate} Hz")
-    if not info.clones_voice:
-        log(f"WARNING: engine {info.name!r} does not clone voices; prompt audio will be ignored")
+
+
+def _warn_at_first_prompt(items: Iterable[TaskOrInvalid], engine_name: str, log: Log) -> Iterator[TaskOrInvalid]:
+    """Pass `items` on; the first task with a prompt logs that the engine ignores prompts
+    (a job without prompts gets no such warning)."""
+    warned = False
+    for item in items:
+        if not warned and isinstance(item, Task) and item.prompt_audio is not None:
+            log(f"WARNING: engine {engine_name!r} does not clone voices; prompt audio will be ignored "
+                f"(first on line {item.line})")
+            warned = True
+        yield item
 
 
 # check ------------------------------------------------------------------------------------

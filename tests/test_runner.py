@@ -194,6 +194,20 @@ def test_engine_warnings_and_details_reach_the_manifest(tmp_path: Path) -> None:
     assert any("engine: fake" in line for line in log)
 
 
+def test_prompt_audio_ignored_is_logged_only_when_a_task_has_a_prompt(tmp_path: Path) -> None:
+    (tmp_path / "voice.wav").write_bytes(b"prompt")
+    plain = write_tasks(tmp_path / "plain.jsonl", [{"input_text": "a"}, {"input_text": "b"}])
+    log: list[str] = []
+    run(plain, tmp_path / "out1", engine=WarningEngine(), log=log.append)
+    assert not any("ignored" in line for line in log) and any("engine: fake" in line for line in log)
+    with_prompt = write_tasks(tmp_path / "p.jsonl", [
+        {"input_text": "a"}, {"input_text": "b", "prompt_audio": "voice.wav"}, {"input_text": "c", "prompt_audio": "voice.wav"}])
+    log.clear()
+    run(with_prompt, tmp_path / "out2", engine=WarningEngine(), log=log.append)
+    assert [line for line in log if "ignored" in line] == [
+        "WARNING: engine 'fake' does not clone voices; prompt audio will be ignored (first on line 2)"]
+
+
 def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None:
     (tmp_path / "voice.wav").write_bytes(b"prompt v1")
     tasks = [
