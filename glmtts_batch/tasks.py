@@ -2,9 +2,9 @@
 
 A task file is read one physical line at a time (a million-line file runs in
 constant memory, apart from the set of output names used to catch duplicates).
-UTF-8 with or without a BOM, LF or CRLF. A UTF-16/UTF-32 file, CR-only line endings and a
-BOM anywhere but at the start of the file are reported per line, saying so. Blank lines and lines whose first
-non-blank character is `#` are skipped but still counted, so line numbers are
+UTF-8 with or without a BOM, LF or CRLF (a UTF-16 file, CR-only line endings and
+a BOM anywhere but at the start are reported per line, saying so). Blank lines and
+lines whose first non-blank character is `#` are skipped but still counted, so line numbers are
 always 1-based physical line numbers an editor shows. A line longer than
 `MAX_LINE_BYTES` (1 MiB) is not held in memory: it is read in chunks, dropped,
 and recorded as invalid (a runaway line must not take the worker's memory).
@@ -32,8 +32,7 @@ portable file name: no path separators, no `.`/`..`, no control characters, no
 leading dot, no trailing dot or space, no characters Windows forbids, no
 Windows device names (also COM0, COM¹ and the like), no invisible format characters
 (bidi controls, zero-width characters, BOM: a name must look like what it is), at most
-200 UTF-8 bytes. Duplicate names are rejected
-case-insensitively (after Unicode NFC), because case-insensitive file systems
+200 UTF-8 bytes. Duplicate names are rejected case-insensitively (after Unicode NFC), because case-insensitive file systems
 and zip extractors would otherwise overwrite one WAV with another.
 """
 
@@ -291,7 +290,7 @@ class TaskValidator:
         elif isinstance(raw, int) and not isinstance(raw, bool):
             name = _int_name(line, raw)  # numeric utterance ids are common
         elif isinstance(raw, str):
-            name = raw
+            name = str(raw)  # a HugeInt's digits, as str() of a number would give
         else:
             raise InvalidTaskError(
                 f"line {line}: output_name must be a string, got {_json_type(raw)}", field="output_name"
@@ -418,6 +417,8 @@ def _parse_int(digits: str) -> int | HugeInt:
 
 def _encoding_problem(line: int, raw: bytes) -> InvalidTaskError | None:
     """A line that is not UTF-8 JSON for a reason worth naming (wrong encoding, stray BOM, CR endings)."""
+    if len(raw) > 3 and not raw.strip(b"\x00"):
+        return InvalidTaskError(f"line {line}: the line is all NUL bytes (was the file cut short by a crash?)")
     if raw[:2] in _UTF16_BOMS or (raw.count(0) * 3 >= len(raw) > 0):
         # ASCII text in UTF-16 is every other byte NUL (UTF-32: three in four).
         return InvalidTaskError(

@@ -501,3 +501,10 @@ def test_run_and_check_record_a_prompt_os_error_as_that_task_invalid(tmp_path: P
     assert [(r["output_name"], r["status"]) for r in records] == [("long", "invalid"), ("fine", "ok")]
     assert records[0]["error"]["field"] == "prompt_audio"
     assert "File name too long" in records[0]["error"]["message"]
+
+
+def test_a_run_of_nul_bytes_is_not_called_utf16(tmp_path: Path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_bytes(b'{"input_text": "one"}\n' + b"\x00" * 4096 + b"\n")  # what a crash can leave
+    ok, bad = read(f)
+    assert isinstance(ok, Task) and "all NUL bytes" in str(bad.error) and "UTF-16" not in str(bad.error)
