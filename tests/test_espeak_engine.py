@@ -327,7 +327,7 @@ def test_second_signal_during_espeak_synthesis_abandons_the_task(engine: EspeakE
         def close(self) -> None: ...
 
     tasks = tmp_path / "t.jsonl"
-    tasks.write_text(json.dumps({"input_text": " ".join([ENGLISH] * 200)}) + "\n")  # about a second of work
+    tasks.write_text(json.dumps({"input_text": " ".join([ENGLISH] * 150)}) + "\n")  # about a second of work, under the text limit
     out = tmp_path / "out"
     summary = run_batch(tasks, out, engine=SignalledTwice(), progress=False, fsync=False, log=lambda m: None)
     assert (summary.ok, summary.skipped, summary.interrupted, summary.exit_code) == (0, 1, "SIGTERM", 143)

@@ -508,3 +508,23 @@ def test_a_run_of_nul_bytes_is_not_called_utf16(tmp_path: Path) -> None:
     f.write_bytes(b'{"input_text": "one"}\n' + b"\x00" * 4096 + b"\n")  # what a crash can leave
     ok, bad = read(f)
     assert isinstance(ok, Task) and "all NUL bytes" in str(bad.error) and "UTF-16" not in str(bad.error)
+
+
+def test_run_from_a_pipe_resolves_prompts_against_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from fake_engines import FakeEngine
+
+    from glmtts_batch.api import run_batch
+
+    (tmp_path / "voice.wav").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    r, w = os.pipe()
+    os.write(w, json.dumps({"input_text": "x", "prompt_audio": "voice.wav", "output_name": "a"}).encode() + b"\n")
+    os.close(w)
+    try:
+        summary = run_batch(f"/dev/fd/{r}", tmp_path / "out", engine=FakeEngine(), progress=False, fsync=False)
+    finally:
+        os.close(r)
+    (record,) = [json.loads(x) for x in summary.manifest.read_text().splitlines()]
+    assert record["status"] == "ok" and record["prompt_audio"] == str(tmp_path / "voice.wav")
