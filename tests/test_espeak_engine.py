@@ -415,9 +415,9 @@ def test_a_killed_process_leaves_a_folder_the_next_one_removes(tmp_path: Path) -
     env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     start = "from glmtts_batch.engines.espeak import EspeakEngine\nEspeakEngine()\n"
     killed = subprocess.run([sys.executable, "-c", start + "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"],
-                            env=env, capture_output=True, timeout=120)
+                            env=env, capture_output=True, timeout=120, check=False)
     assert killed.returncode == -9
     (left,) = tmp_path.glob("glmtts-espeak-*")  # nothing could clean up after SIGKILL
-    clean = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=120)
+    clean = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert clean.returncode == 0, clean.stderr
     assert not left.exists() and list(tmp_path.glob("glmtts-espeak-*")) == []

@@ -380,7 +380,7 @@ def assemble(chunks: list[np.ndarray], rate: int, target_rate: int) -> np.ndarra
     import soxr
 
     stream = soxr.ResampleStream(rate, target_rate, 1, dtype="float32")
-    audio = np.empty(int(np.ceil(total * target_rate / rate)) + 64, dtype=np.float32)
+    audio = np.empty(-(-total * target_rate // rate) + 64, dtype=np.float32)  # ceil
     pos = 0
 
     def put(piece: np.ndarray) -> None:
