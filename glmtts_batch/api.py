@@ -26,6 +26,7 @@ from .tasks import (
     iter_task_dicts,
     iter_task_file,
     open_task_file,
+    task_base_dir,
 )
 from .writers import DEFAULT_WRITER, AudioWriter
 
@@ -85,7 +86,10 @@ def run_batch(
             task_source=source.name,
             writer=writer,
         )
-        return BatchRunner(engine, source.items, settings).run()
+        items = source.items
+        if not engine.info.clones_voice:
+            items = _warn_at_first_prompt(items, engine.info.name, log)
+        return BatchRunner(engine, items, settings).run()
     finally:
         if owned_engine is not None:
             owned_engine.close()
@@ -134,7 +138,7 @@ def _open_tasks(
             task_file.close()
             raise
         return _TaskSource(
-            items=iter_open_task_file(task_file, path.resolve().parent),
+            items=iter_open_task_file(task_file, task_base_dir(path, task_file)),
             out_dir=Path(out_dir) if out_dir is not None else Path("outputs") / path.stem,
             zip_name=f"{path.stem}.zip",
             name=str(path),
@@ -184,8 +188,18 @@ def _load_engine(name: str, options: EngineOptions, log: Log) -> Engine:
 def _announce(engine: Engine, log: Log) -> None:
     info = engine.info
     log(f"engine: {info.name} | model: {info.model} | device: {info.device} | {info.sample_rate} Hz")
-    if not info.clones_voice:
-        log(f"WARNING: engine {info.name!r} does not clone voices; prompt audio will be ignored")
+
+
+def _warn_at_first_prompt(items: Iterable[TaskOrInvalid], engine_name: str, log: Log) -> Iterator[TaskOrInvalid]:
+    """Pass `items` on; the first task with a prompt logs that the engine ignores prompts
+    (a job without prompts gets no such warning)."""
+    warned = False
+    for item in items:
+        if not warned and isinstance(item, Task) and item.prompt_audio is not None:
+            log(f"WARNING: engine {engine_name!r} does not clone voices; prompt audio will be ignored "
+                f"(first on line {item.line})")
+            warned = True
+        yield item
 
 
 # check ------------------------------------------------------------------------------------

@@ -31,12 +31,21 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        state = self.path.parent
+        if os.path.islink(state) or (os.path.lexists(state) and not os.path.isdir(state)):
+            kind = "a symbolic link" if os.path.islink(state) else "a file"
+            raise RunError(
+                f"{str(state)!r} is {kind}, not a folder: glmtts-batch keeps its state (lock, resume "
+                "journal) there; move or remove it, or choose another --out"
+            )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            state.mkdir(parents=True, exist_ok=True)
+            # O_NOFOLLOW: a link planted at the lock's name must not make us truncate its target.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
-            # e.g. .glmtts-batch is a file, or the folder is read-only: the run cannot start.
-            raise RunError(f"cannot create the lock file {str(self.path)!r}: {e.strerror or e}") from None
+            # e.g. the folder is read-only, or the lock's name is a planted link: the run cannot start.
+            why = "it is a symbolic link" if os.path.islink(self.path) else (e.strerror or str(e))
+            raise RunError(f"cannot create the lock file {str(self.path)!r}: {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,4 +1,9 @@
-"""Progress reporting: a tqdm bar on a terminal, periodic log lines otherwise (cron)."""
+"""Progress reporting: a tqdm bar on a terminal, periodic log lines otherwise (cron).
+
+The total is the task file's line count when the run started. A file still being written
+(a producer appending to it) can outgrow it; the total is then dropped rather than shown
+as "25/16 lines", since the true count is not known until the file ends.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ class Progress:
     def update(self, status: str, audio_s: float = 0.0, *, line: int | None = None) -> None:
         """One record done. `line` is its physical line, so the bar also counts skipped blank lines."""
         self.lines = line if line is not None else self.lines + 1
+        if self.total is not None and self.lines > self.total:
+            self._drop_total()
         self.counts[status] += 1
         self.audio_s += audio_s
         if not self.enabled:
@@ -54,6 +61,12 @@ class Progress:
         now = time.monotonic()
         if self.lines - self._last_log_lines >= self.every_lines or now - self._last_log >= self.every_s:
             self._log_line(now)
+
+    def _drop_total(self) -> None:
+        self.total = None
+        if self._bar is not None:
+            self._bar.total = None  # tqdm then shows a count and a rate, no percentage
+            self._bar.refresh()
 
     def close(self) -> None:
         if not self.enabled:

@@ -2,8 +2,9 @@
 
 A task file is read one physical line at a time (a million-line file runs in
 constant memory, apart from the set of output names used to catch duplicates).
-UTF-8 with or without a BOM, LF or CRLF. Blank lines and lines whose first
-non-blank character is `#` are skipped but still counted, so line numbers are
+UTF-8 with or without a BOM, LF or CRLF (a UTF-16 file, CR-only line endings and
+a BOM anywhere but at the start are reported per line, saying so). Blank lines and
+lines whose first non-blank character is `#` are skipped but still counted, so line numbers are
 always 1-based physical line numbers an editor shows. A line longer than
 `MAX_LINE_BYTES` (1 MiB) is not held in memory: it is read in chunks, dropped,
 and recorded as invalid (a runaway line must not take the worker's memory).
@@ -12,8 +13,9 @@ Each other line yields either a `Task` or an `InvalidLine` carrying an
 `InvalidTaskError` that names the line and field; reading never stops at a bad
 line. Fields:
 
-    input_text    (required; alias syn_text)   text to speak, not blank
-    prompt_audio  (alias prompt_speech)        voice prompt; relative to the task file
+    input_text    (required; alias syn_text)   text to speak, not blank, <= MAX_TEXT_CHARS
+    prompt_audio  (alias prompt_speech)        voice prompt; relative to the task file's
+                                               folder (the working directory for a pipe)
     prompt_text                                transcript of the prompt audio
     output_name   (alias uttid)                WAV name without ".wav"; default: line number
     seed                                       int, overrides the run seed
@@ -28,8 +30,9 @@ Unknown fields are an error (a typo must not be silently ignored), and so is
 giving both an alias and its canonical name. `output_name` must be a plain,
 portable file name: no path separators, no `.`/`..`, no control characters, no
 leading dot, no trailing dot or space, no characters Windows forbids, no
-Windows device names, at most 200 UTF-8 bytes. Duplicate names are rejected
-case-insensitively (after Unicode NFC), because case-insensitive file systems
+Windows device names (also COM0, COM¹ and the like), no invisible format characters
+(bidi controls, zero-width characters, BOM: a name must look like what it is), at most
+200 UTF-8 bytes. Duplicate names are rejected case-insensitively (after Unicode NFC), because case-insensitive file systems
 and zip extractors would otherwise overwrite one WAV with another.
 """
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -51,12 +55,35 @@ ALIASES = {"syn_text": "input_text", "prompt_speech": "prompt_audio", "uttid": "
 MAX_NAME_BYTES = 200  # leaves room for ".wav" and temp-file affixes under the usual 255-byte limit
 MAX_SEED = 2**63 - 1
 MAX_LINE_BYTES = 1 << 20  # one task line's content, without its line ending
+# A task's memory grows with its text: the audio of the whole text is held until written.
+# Measured in the espeak engine (peak RSS, 24 kHz): ~8 KB per character of English (~18
+# characters a second of speech), ~38 KB per character of Chinese (~4 a second). 10,000
+# characters is at most ~45 minutes of speech and ~0.4 GB; a longer text is invalid rather
+# than a risk to the run (a 1.5 MB text once took 24 GB).
+MAX_TEXT_CHARS = 10_000
+_MAX_INT_DIGITS = 100  # longer JSON integers are kept as digits (no valid seed has more than 19)
 _SKIP_CHUNK = 1 << 16  # how much of an over-long line is read at a time while discarding it
 _TEXT_CONTROLS_ALLOWED = set("\t\n\r")
 _WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
+# Compared after NFKC, which maps the superscript digits Windows also reserves (COM¹) to digits.
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
-    f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)
+    f"{p}{i}" for p in ("COM", "LPT") for i in range(10)
 }
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt): invisible in
+# a file listing. Format characters (category Cf: bidi controls, ZWJ, BOM...) are checked
+# by category on top, so new ones are covered too.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class HugeInt(str):
+    """A JSON integer too long to convert (Python refuses over 4300 digits): its digits."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,12 @@ def check_output_name(name: str) -> None:
         raise bad("it contains a path separator")
     if any(unicodedata.category(c) == "Cc" for c in name):
         raise bad("it contains a control character")
+    invisible = next((c for c in name if _is_invisible(c)), None)
+    if invisible is not None:
+        raise bad(
+            f"it contains the invisible character U+{ord(invisible):04X} "
+            f"({unicodedata.name(invisible, 'unnamed')}), which could disguise the name"
+        )
     if name.startswith("."):
         raise bad("it starts with a dot (hidden file)")
     if name.endswith((".", " ")):
@@ -120,10 +153,17 @@ def check_output_name(name: str) -> None:
     forbidden = sorted(set(name) & _WINDOWS_FORBIDDEN)
     if forbidden:
         raise bad(f"it contains {''.join(forbidden)!r}, not allowed in Windows file names")
-    if name.split(".")[0].upper() in _WINDOWS_DEVICES:
+    if unicodedata.normalize("NFKC", name.split(".")[0]).rstrip(" ").upper() in _WINDOWS_DEVICES:
         raise bad("it is a reserved Windows device name")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise bad(f"it is longer than {MAX_NAME_BYTES} bytes")
+
+
+def _is_invisible(c: str) -> bool:
+    if unicodedata.category(c) in ("Cf", "Zl", "Zp"):
+        return True
+    code = ord(c)
+    return any(lo <= code <= hi for lo, hi in _DEFAULT_IGNORABLE)
 
 
 def _lone_surrogate(text: str) -> int | None:
@@ -188,13 +228,19 @@ class TaskValidator:
         check_string(line, "input_text", text, controls=False)
         if not text.strip():
             raise InvalidTaskError(f"line {line}: input_text is empty", field="input_text")
+        if len(text) > MAX_TEXT_CHARS:
+            raise InvalidTaskError(
+                f"line {line}: input_text has {len(text)} characters, more than the limit of "
+                f"{MAX_TEXT_CHARS} per task (split it over several lines)",
+                field="input_text",
+            )
 
         prompt_text = _typed(line, fields, "prompt_text", str, optional=True)
         if prompt_text is not None:
             check_string(line, "prompt_text", prompt_text, controls=False)
         seed = _typed(line, fields, "seed", int, optional=True)
         if seed is not None and not 0 <= seed <= MAX_SEED:
-            raise InvalidTaskError(f"line {line}: seed {seed} is outside 0..2**63-1", field="seed")
+            raise InvalidTaskError(f"line {line}: seed {_describe_int(seed)} is outside 0..2**63-1", field="seed")
         phoneme = _typed(line, fields, "phoneme", bool, optional=True)
 
         prompt_audio: Path | None = None
@@ -204,9 +250,7 @@ class TaskValidator:
             if not raw_prompt.strip() or "\x00" in raw_prompt:
                 raise InvalidTaskError(f"line {line}: prompt_audio is not a usable path", field="prompt_audio")
             prompt_audio = self.base_dir / Path(os.path.expanduser(raw_prompt))
-            if not prompt_audio.is_file():
-                why = "is not a file" if prompt_audio.exists() else "not found"
-                raise PromptAudioError(f"line {line}: prompt_audio {str(prompt_audio)!r} {why}")
+            _check_prompt_file(line, prompt_audio)
 
         return Task(
             line=line,
@@ -244,9 +288,9 @@ class TaskValidator:
         if raw is None:
             name = str(line)
         elif isinstance(raw, int) and not isinstance(raw, bool):
-            name = str(raw)  # numeric utterance ids are common
+            name = _int_name(line, raw)  # numeric utterance ids are common
         elif isinstance(raw, str):
-            name = raw
+            name = str(raw)  # a HugeInt's digits, as str() of a number would give
         else:
             raise InvalidTaskError(
                 f"line {line}: output_name must be a string, got {_json_type(raw)}", field="output_name"
@@ -267,10 +311,50 @@ class TaskValidator:
         return name
 
 
+def _check_prompt_file(line: int, path: Path) -> None:
+    """The prompt must be a file. Any OS error on it (ENAMETOOLONG, EACCES, ELOOP...) is this task's."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise PromptAudioError(f"line {line}: prompt_audio {str(path)!r} not found") from None
+    except OSError as e:
+        raise PromptAudioError(
+            f"line {line}: prompt_audio {printable(str(path))!r} cannot be used: {e.strerror or e}"
+        ) from None
+    except ValueError as e:  # e.g. a path the OS cannot represent
+        raise PromptAudioError(f"line {line}: prompt_audio is not a usable path ({e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PromptAudioError(f"line {line}: prompt_audio {str(path)!r} is not a file")
+
+
+def _describe_int(value: int) -> str:
+    """`value` for a message; str() of a huge int raises ValueError (Python's digit limit)."""
+    if abs(value) < 10**30:
+        return str(value)
+    return f"(a number of about {int(value.bit_length() * 0.30103) + 1} digits)"
+
+
+def _int_name(line: int, value: int) -> str:
+    if abs(value) >= 10**MAX_NAME_BYTES:  # a name of over 200 digits is too long anyway
+        raise InvalidTaskError(
+            f"line {line}: unsafe output_name: a number of more than {MAX_NAME_BYTES} digits is longer "
+            f"than {MAX_NAME_BYTES} bytes",
+            field="output_name",
+        )
+    return str(value)
+
+
 def _typed(line: int, fields: Mapping[str, Any], key: str, kind: type, optional: bool = False) -> Any:
     value = fields.get(key)
     if value is None and optional:
         return None
+    if isinstance(value, HugeInt):
+        if kind is int:
+            raise InvalidTaskError(
+                f"line {line}: {key} is a number of {len(value.lstrip('-'))} digits, outside 0..2**63-1",
+                field=key,
+            )
+        value = 0  # reported below as the wrong type, "a number"
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok:
         want = {str: "a string", int: "an integer", bool: "true or false"}[kind]
@@ -301,16 +385,18 @@ def _raw_output_name(line: int, obj: Any) -> str | None:
     raw = obj.get("output_name", obj.get("uttid"))
     if raw is None:
         return str(line)  # the default name, as a valid line would have had
-    if isinstance(raw, (str, int)) and not isinstance(raw, bool):
-        return printable(str(raw))
+    if isinstance(raw, str):  # HugeInt included: its digits
+        return printable(raw)
+    if isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) < 10**MAX_NAME_BYTES:
+        return str(raw)
     return None
 
 
 def _raw_seed(obj: Any) -> int | None:
     if isinstance(obj, Mapping):
         seed = obj.get("seed")
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            return seed
+        if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED:
+            return seed  # an out-of-range seed is not echoed: the manifest could not hold it
     return None
 
 
@@ -325,14 +411,59 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
 
+def _parse_int(digits: str) -> int | HugeInt:
+    return int(digits) if len(digits) <= _MAX_INT_DIGITS else HugeInt(digits)
+
+
+def _encoding_problem(line: int, raw: bytes) -> InvalidTaskError | None:
+    """A line that is not UTF-8 JSON for a reason worth naming (wrong encoding, stray BOM, CR endings)."""
+    if len(raw) > 3 and not raw.strip(b"\x00"):
+        return InvalidTaskError(f"line {line}: the line is all NUL bytes (was the file cut short by a crash?)")
+    if raw[:2] in _UTF16_BOMS or (raw.count(0) * 3 >= len(raw) > 0):
+        # ASCII text in UTF-16 is every other byte NUL (UTF-32: three in four).
+        return InvalidTaskError(
+            f"line {line}: the task file looks UTF-16 or UTF-32 encoded (byte order mark or NUL bytes "
+            "between characters); save it as UTF-8"
+        )
+    if line > 1 and raw.startswith(_UTF8_BOM):
+        return InvalidTaskError(
+            f"line {line}: starts with a byte order mark (BOM), which is allowed only at the start of "
+            "the file (were files joined together?); remove it"
+        )
+    return None
+
+
+def _looks_cr_separated(text: str) -> bool:
+    """Several task lines joined by bare CRs (a CR inside a string is just invalid JSON)."""
+    pieces = [p.strip() for p in text.split("\r") if p.strip()]
+    return len(pieces) >= 2 and pieces[1].startswith(("{", "#"))
+
+
+def _json_problem(line: int, text: str, err: ValueError) -> InvalidTaskError:
+    if _looks_cr_separated(text):
+        return InvalidTaskError(
+            f"line {line}: invalid JSON, and the line holds carriage returns not followed by a newline: "
+            "the file seems to use CR-only (old Mac) line endings; save it with LF or CRLF line endings"
+        )
+    bom = text.find("\ufeff")
+    if bom >= 0:
+        return InvalidTaskError(
+            f"line {line}: invalid JSON: stray byte order mark (U+FEFF) at character {bom}; remove it"
+        )
+    return InvalidTaskError(f"line {line}: invalid JSON: {err}")
+
+
 def _decode_line(line: int, raw: bytes) -> tuple[str | None, TaskOrInvalid | None]:
     """Returns (text, None) for a line to parse, (None, None) to skip, or (None, InvalidLine)."""
     if raw.endswith(b"\n"):
         raw = raw[:-1]
     if raw.endswith(b"\r"):
         raw = raw[:-1]
-    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+    if line == 1 and raw.startswith(_UTF8_BOM):
         raw = raw[3:]
+    problem = _encoding_problem(line, raw)
+    if problem is not None:
+        return None, InvalidLine(line=line, error=problem)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -353,10 +484,11 @@ def parse_line(validator: TaskValidator, line: int, raw: bytes) -> TaskOrInvalid
     if text is None:
         return None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        err = InvalidTaskError(f"line {line}: invalid JSON: {e}")
-        return InvalidLine(line=line, error=err)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+    except RecursionError as e:
+        return InvalidLine(line=line, error=InvalidTaskError(f"line {line}: invalid JSON: {e}"))
+    except ValueError as e:
+        return InvalidLine(line=line, error=_json_problem(line, text, e))
     return _validate(validator, line, obj)
 
 
@@ -371,11 +503,28 @@ def open_task_file(path: str | Path):
         raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
 
 
+def task_base_dir(path: str | Path, f: BinaryIO | None = None) -> Path:
+    """The folder relative prompt paths in a task file resolve against.
+
+    A regular file: its own folder (links resolved). A pipe, FIFO, terminal or /proc fd
+    (`run /dev/stdin`): the working directory, since such a source has no folder of its
+    own (`/dev/stdin` resolves to `/proc/<pid>/fd/...`). `f`, when given, is the opened
+    file, so the answer is about what was opened rather than what the name points at now.
+    """
+    path = Path(path)
+    try:
+        st = os.fstat(f.fileno()) if f is not None else os.stat(path)
+        regular = stat.S_ISREG(st.st_mode)
+    except (OSError, ValueError, AttributeError):
+        regular = False
+    return path.resolve().parent if regular else Path.cwd()
+
+
 def iter_task_file(path: str | Path) -> Iterator[TaskOrInvalid]:
-    """Stream a JSONL task file. Relative prompt paths resolve against the file's folder."""
+    """Stream a JSONL task file. Relative prompt paths resolve against `task_base_dir`."""
     path = Path(path)
     f = open_task_file(path)
-    return iter_open_task_file(f, path.resolve().parent)
+    return iter_open_task_file(f, task_base_dir(path, f))
 
 
 def iter_open_task_file(f: BinaryIO, base_dir: Path) -> Iterator[TaskOrInvalid]:
@@ -383,19 +532,28 @@ def iter_open_task_file(f: BinaryIO, base_dir: Path) -> Iterator[TaskOrInvalid]:
     validator = TaskValidator(base_dir)
     with f:
         for line, raw in enumerate(_bounded_lines(f), start=1):
-            if raw is None:
-                yield InvalidLine(
-                    line=line,
-                    error=InvalidTaskError(f"line {line}: line longer than {MAX_LINE_BYTES // (1 << 20)} MiB"),
-                )
+            if isinstance(raw, _OverlongLine):
+                message = f"line {line}: line longer than {MAX_LINE_BYTES // (1 << 20)} MiB"
+                if raw.has_cr:
+                    message += (
+                        " (it holds carriage returns not followed by a newline: the file seems to use "
+                        "CR-only line endings; save it with LF or CRLF line endings)"
+                    )
+                # The default name, as for any line that gives none: its outputs are then findable.
+                yield InvalidLine(line=line, error=InvalidTaskError(message), output_name=str(line))
                 continue
             item = parse_line(validator, line, raw)
             if item is not None:
                 yield item
 
 
-def _bounded_lines(f: BinaryIO) -> Iterator[bytes | None]:
-    """Physical lines of `f`; None for a line whose content exceeds MAX_LINE_BYTES.
+@dataclass(frozen=True)
+class _OverlongLine:
+    has_cr: bool  # a bare CR in its first MiB: probably CR-only line endings
+
+
+def _bounded_lines(f: BinaryIO) -> Iterator[bytes | _OverlongLine]:
+    """Physical lines of `f`; an `_OverlongLine` for a line whose content exceeds MAX_LINE_BYTES.
 
     readline(limit) never buffers more than the limit, and the rest of an over-long
     line is discarded in small chunks, so memory stays bounded whatever the file holds.
@@ -403,12 +561,14 @@ def _bounded_lines(f: BinaryIO) -> Iterator[bytes | None]:
     limit = MAX_LINE_BYTES + 2  # room for the line's own "\r\n"
     while raw := f.readline(limit):
         if not raw.endswith(b"\n") and len(raw) == limit:
+            has_cr = b"\r" in raw[:-1]
+            del raw
             while (rest := f.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
                 pass
-            yield None
+            yield _OverlongLine(has_cr)
             continue
         content = len(raw) - raw.endswith(b"\n") - raw.endswith(b"\r\n")
-        yield None if content > MAX_LINE_BYTES else raw
+        yield _OverlongLine(b"\r" in raw[:content]) if content > MAX_LINE_BYTES else raw
 
 
 def iter_task_dicts(tasks: Iterable[Any], base_dir: str | Path | None = None) -> Iterator[TaskOrInvalid]:

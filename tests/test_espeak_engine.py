@@ -328,7 +328,7 @@ def test_second_signal_during_espeak_synthesis_abandons_the_task(engine: EspeakE
         def close(self) -> None: ...
 
     tasks = tmp_path / "t.jsonl"
-    tasks.write_text(json.dumps({"input_text": " ".join([ENGLISH] * 200)}) + "\n")  # about a second of work
+    tasks.write_text(json.dumps({"input_text": " ".join([ENGLISH] * 150)}) + "\n")  # about a second of work, under the text limit
     out = tmp_path / "out"
     summary = run_batch(tasks, out, engine=SignalledTwice(), progress=False, fsync=False, log=lambda m: None)
     assert (summary.ok, summary.skipped, summary.interrupted, summary.exit_code) == (0, 1, "SIGTERM", 143)
@@ -336,3 +336,89 @@ def test_second_signal_during_espeak_synthesis_abandons_the_task(engine: EspeakE
     assert (record["status"], record["reason"], record["wav"]) == ("skipped", "interrupted", None)
     assert not list(out.glob("*.wav"))
     assert (out / ".glmtts-batch" / "journal.jsonl").read_bytes() == b""
+
+
+def test_a_long_text_holds_its_audio_about_once(engine: EspeakEngine) -> None:
+    """Peak memory of one synthesis: the native int16 samples plus the float32 result, not a
+    copy per step (concatenate, convert, scale, resample, clip each made one: ~2.3x this)."""
+    import tracemalloc
+
+    text = "The quick brown fox jumps over the lazy dog, and then it rests for a while. " * 40
+    engine.synthesize(request("warm up."))
+    tracemalloc.start()
+    try:
+        out = engine.synthesize(request(text))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    native_int16 = len(out.audio) * engine._espeak.sample_rate / out.sample_rate * 2
+    floor = out.audio.nbytes + native_int16
+    assert peak < 1.3 * floor, f"peak {peak / 1e6:.1f} MB for {out.audio.nbytes / 1e6:.1f} MB of audio"
+
+
+def test_resampled_assembly_equals_resampling_the_whole_signal() -> None:
+    import soxr
+
+    from glmtts_batch.engines.espeak import assemble
+
+    rng = np.random.default_rng(0)
+    samples = (rng.standard_normal(50_000) * 8000).astype(np.int16)
+    whole = np.clip(soxr.resample(samples.astype(np.float32) / 32768.0, 22050, 24000), -1.0, 1.0)
+    chunks = [samples[i : i + 777] for i in range(0, len(samples), 777)]
+    assert np.array_equal(assemble(chunks, 22050, 24000), whole) and chunks == []
+    same_rate = [samples[:10], samples[10:]]
+    assert np.array_equal(assemble(same_rate, 22050, 22050), samples.astype(np.float32) / 32768.0)
+
+
+def test_split_runs_of_a_long_mixed_text_keep_every_character() -> None:
+    text = "第一段 first part, 第二段 second part. " * 5_000
+    runs = split_runs(text)
+    assert len(runs) == 20_000 and [r.voice for r in runs[:4]] == ["cmn", "en", "cmn", "en"]
+    assert "".join(r.text for r in runs).replace(" ", "") == text.replace(" ", "")
+
+
+def test_stale_data_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import time
+
+    from glmtts_batch.engines.espeak import remove_stale_data_dirs
+
+    def folder(name: str, *, lock: bool = True) -> Path:
+        path = tmp_path / f"glmtts-espeak-{name}"
+        path.mkdir()
+        os.symlink("/nonexistent", path / "phontab")  # what the real folders hold: links
+        if lock:
+            (path / ".owner").touch()
+        return path
+
+    dead, live, fresh_unmarked = folder("dead"), folder("live"), folder("new", lock=False)
+    old_unmarked = folder("old", lock=False)
+    os.utime(old_unmarked, (time.time() - 3 * 86400,) * 2)
+    (tmp_path / "glmtts-espeak-link").symlink_to(live)
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    held = os.open(live / ".owner", os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the live process holds it
+    try:
+        removed = remove_stale_data_dirs(tmp_path)
+    finally:
+        os.close(held)
+    assert sorted(removed) == sorted([dead, old_unmarked])
+    assert not dead.exists() and not old_unmarked.exists()
+    assert live.is_dir() and fresh_unmarked.is_dir() and other.is_dir()
+    assert (tmp_path / "glmtts-espeak-link").is_symlink() and (live / "phontab").is_symlink()
+
+
+def test_a_killed_process_leaves_a_folder_the_next_one_removes(tmp_path: Path) -> None:
+    import os
+
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    start = "from glmtts_batch.engines.espeak import EspeakEngine\nEspeakEngine()\n"
+    killed = subprocess.run([sys.executable, "-c", start + "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"],
+                            env=env, capture_output=True, timeout=120, check=False)
+    assert killed.returncode == -9
+    (left,) = tmp_path.glob("glmtts-espeak-*")  # nothing could clean up after SIGKILL
+    clean = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert clean.returncode == 0, clean.stderr
+    assert not left.exists() and list(tmp_path.glob("glmtts-espeak-*")) == []

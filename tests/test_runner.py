@@ -194,6 +194,20 @@ def test_engine_warnings_and_details_reach_the_manifest(tmp_path: Path) -> None:
     assert any("engine: fake" in line for line in log)
 
 
+def test_prompt_audio_ignored_is_logged_only_when_a_task_has_a_prompt(tmp_path: Path) -> None:
+    (tmp_path / "voice.wav").write_bytes(b"prompt")
+    plain = write_tasks(tmp_path / "plain.jsonl", [{"input_text": "a"}, {"input_text": "b"}])
+    log: list[str] = []
+    run(plain, tmp_path / "out1", engine=WarningEngine(), log=log.append)
+    assert not any("ignored" in line for line in log) and any("engine: fake" in line for line in log)
+    with_prompt = write_tasks(tmp_path / "p.jsonl", [
+        {"input_text": "a"}, {"input_text": "b", "prompt_audio": "voice.wav"}, {"input_text": "c", "prompt_audio": "voice.wav"}])
+    log.clear()
+    run(with_prompt, tmp_path / "out2", engine=WarningEngine(), log=log.append)
+    assert [line for line in log if "ignored" in line] == [
+        "WARNING: engine 'fake' does not clone voices; prompt audio will be ignored (first on line 2)"]
+
+
 def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None:
     (tmp_path / "voice.wav").write_bytes(b"prompt v1")
     tasks = [
@@ -555,3 +569,24 @@ def test_the_engine_gets_each_prompts_hash_so_it_is_read_once(tmp_path: Path) ->
     run(tasks, tmp_path / "out", engine=engine)
     expected = hashlib.sha256(b"prompt bytes").hexdigest()
     assert [r.prompt_audio_sha256 for r in engine.requests] == [expected, expected, expected, None]
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_drops_the_total_when_the_file_outgrows_it(terminal: bool) -> None:
+    from glmtts_batch.progress import Progress
+
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    stream = Stream()
+    p = Progress(16, enabled=True, stream=stream, every_lines=1)
+    p.update("ok", line=16)
+    if not terminal:  # (the bar redraws at most every 0.1 s)
+        assert "16/16" in stream.getvalue()
+    for line in range(17, 26):  # the producer kept appending
+        p.update("ok", line=line)
+    p.close()
+    shown = stream.getvalue()
+    assert "25" in shown and not any(f"{n}/16" in shown for n in range(17, 26))
+    assert p.total is None

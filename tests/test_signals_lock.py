@@ -160,3 +160,34 @@ def test_lock_conflict_in_process_names_the_holder(tmp_path: Path) -> None:
             OutputLock(tmp_path).acquire()
     with OutputLock(tmp_path):  # released on exit, so it can be taken again
         pass
+
+
+def test_a_state_file_where_the_state_folder_belongs_is_named(tmp_path: Path) -> None:
+    from glmtts_batch.errors import RunError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".glmtts-batch").write_text("a user's file")
+    with pytest.raises(RunError, match=r"\.glmtts-batch' is a file, not a folder"):  # exit 2 (test_cli)
+        OutputLock(out).acquire()
+    assert (out / ".glmtts-batch").read_text() == "a user's file"
+
+
+def test_links_at_the_state_folder_or_lock_are_refused_and_not_followed(tmp_path: Path) -> None:
+    from glmtts_batch.errors import RunError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    (out / ".glmtts-batch").mkdir(parents=True)
+    (out / ".glmtts-batch" / "lock").symlink_to(victim)
+    with pytest.raises(RunError, match="symbolic link"):
+        OutputLock(out).acquire()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / ".glmtts-batch").symlink_to(elsewhere)
+    with pytest.raises(RunError, match="is a symbolic link, not a folder"):
+        OutputLock(linked).acquire()
+    assert victim.read_text() == "precious" and list(elsewhere.iterdir()) == []

@@ -118,3 +118,36 @@ def test_frontend_phoneme_mode(frontend) -> None:
     ids = frontend.ids(pieces[0])
     assert frontend.tokenizer.encode("<|ANG2|>")[0] in ids
     assert frontend.pieces("我去银行。") == ["我去银行。"]  # phoneme mode is opt-in
+
+
+class CountingLength(LengthCounter):
+    """Counts unit weighings and stops the test once they show quadratic work."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.calls, self.budget = 0, budget
+
+    def unit(self, unit: str) -> float:
+        self.calls += 1
+        assert self.calls <= self.budget, "unit lengths are summed over and over: quadratic in the text"
+        return super().unit(unit)
+
+
+@pytest.mark.parametrize("text", [
+    "字" * 20_000,  # one run-on sentence of Chinese, no punctuation: cut every 60 units
+    "word " * 10_000,  # run-on English
+    ("字" * 10 + "，") * 2_000,  # short clauses
+])
+def test_splitting_work_is_linear_in_the_text(text: str) -> None:
+    units = split_into_units(text)
+    length = CountingLength(budget=6 * len(units))
+    pieces = split_by_len(text, 30, 60, length=length)
+    assert "".join(pieces) == text  # nothing dropped or repeated
+    assert all(length(split_into_units(p)) <= 60 for p in pieces[:50])
+
+
+def test_splitting_a_long_text_matches_splitting_its_sentences() -> None:
+    """The index-based cut gives the pieces a sentence-by-sentence split gives."""
+    sentence = "Supercalifragilistic expialidocious words keep going on and on without any stop " * 3 + "。"
+    assert split_by_len(sentence * 200, 30, 60) == split_by_len(sentence, 30, 60) * 200
+

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -99,41 +101,87 @@ def split_runs(text: str, *, han_voice: str = HAN_VOICE, latin_voice: str = LATI
     Latin run (espeak's English voice reads digits and symbols). Runs are stripped of
     surrounding whitespace; runs left empty are dropped.
     """
-    runs: list[list[str]] = []  # [script, text]
-    leading = ""
-    for ch in text:
+    # Where each run starts; a run ends where the next begins. Slicing once per run keeps
+    # this linear (appending to a string held in a list copies it every time).
+    starts: list[tuple[str, int]] = []
+    for i, ch in enumerate(text):
         script = _script(ch)
-        if script is None:
-            if runs:
-                runs[-1][1] += ch
-            else:
-                leading += ch
-        elif runs and runs[-1][0] == script:
-            runs[-1][1] += ch
-        else:
-            runs.append([script, ch])
-    if not runs:
-        runs = [["latin", leading]]
-    else:
-        runs[0][1] = leading + runs[0][1]
+        if script is not None and (not starts or starts[-1][0] != script):
+            starts.append((script, i))
+    if not starts:
+        starts = [("latin", 0)]
+    bounds = [0] + [i for _, i in starts[1:]] + [len(text)]  # the first run takes the leading characters
     voices = {"han": han_voice, "latin": latin_voice}
-    return [TextRun(voices[script], piece.strip()) for script, piece in runs if piece.strip()]
+    runs = (TextRun(voices[script], text[bounds[k] : bounds[k + 1]].strip()) for k, (script, _) in enumerate(starts))
+    return [run for run in runs if run.text]
 
 
 # --------------------------------------------------------------------------- the C library
 
 
-def steady_data_dir(data_path: str) -> str:
+DATA_DIR_PREFIX = "glmtts-espeak-"
+_OWNER_LOCK = ".owner"  # flock-ed by the process using the folder, for as long as it lives
+_UNMARKED_STALE_S = 24 * 3600  # folders without an owner lock (older versions, or being set up)
+
+
+def remove_stale_data_dirs(parent: str | Path | None = None) -> list[Path]:
+    """Remove data folders (see `steady_data_dir`) whose process is gone; the ones removed.
+
+    A killed run cannot remove its folder at exit. Its owner lock is released by the
+    kernel when the process dies, so a folder whose lock can be taken is stale; unlike a
+    pid check this holds across pid namespaces and pid reuse. Only this user's own real
+    folders are touched; one without a lock file is removed once it is a day old.
+    """
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        entries = list(parent.glob(DATA_DIR_PREFIX + "*"))
+    except OSError:
+        return removed
+    for folder in entries:
+        try:
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            try:
+                fd = os.open(folder / _OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                if time.time() - st.st_mtime < _UNMARKED_STALE_S:
+                    continue
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process is alive
+                finally:
+                    os.close(fd)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except OSError:
+            continue  # someone else's business, or gone already
+    return removed
+
+
+def steady_data_dir(data_path: str, parent: str | Path | None = None) -> str:
     """A private copy of espeak-ng's data folder (symlinks) that adds the steady voice variant.
 
-    The wheel's folder is left untouched; the copy is removed when the process exits.
+    The wheel's folder is left untouched; the copy is removed when the process exits, and
+    one left by a killed process is removed by the next process that makes one.
     """
     source = Path(data_path)
     if not (source / "phontab").is_file():
         raise EngineLoadError(f"espeak-ng data folder {data_path} is missing or incomplete (no phontab)")
-    root = Path(tempfile.mkdtemp(prefix="glmtts-espeak-"))
+    remove_stale_data_dirs(parent)
+    try:
+        root = Path(tempfile.mkdtemp(prefix=DATA_DIR_PREFIX, dir=parent))
+    except OSError as exc:
+        raise EngineLoadError(f"cannot create a folder for espeak-ng data: {exc}") from exc
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     try:
+        owner = os.open(root / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(owner, fcntl.LOCK_EX)
+        _OWNER_FDS.append(owner)  # held (never closed) until the process exits
+
         for entry in source.iterdir():
             if entry.name != "voices":
                 os.symlink(entry, root / entry.name)
@@ -147,6 +195,9 @@ def steady_data_dir(data_path: str) -> str:
     except OSError as exc:
         raise EngineLoadError(f"cannot prepare espeak-ng data in {root}: {exc}") from exc
     return str(root)
+
+
+_OWNER_FDS: list[int] = []
 
 
 class _Espeak:
@@ -207,11 +258,17 @@ class _Espeak:
 
     def speak(self, text: str, voice: str) -> np.ndarray:
         """int16 samples at `self.sample_rate`. Caller holds `self.lock`."""
+        chunks: list[np.ndarray] = []
+        self.speak_into(chunks, text, voice)
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+    def speak_into(self, chunks: list[np.ndarray], text: str, voice: str) -> None:
+        """Append int16 chunks at `self.sample_rate` to `chunks`. Caller holds `self.lock`."""
         status = self.set_voice(voice)
         if status != _EE_OK:
             raise TaskError(f"espeak-ng has no voice {voice!r} (error {status})")
         data = text.encode("utf-8") + b"\0"
-        self._chunks = []
+        self._chunks = chunks
         self._pending = None
         previous_hook = sys.unraisablehook
         sys.unraisablehook = self._keep_unraisable(previous_hook)
@@ -221,13 +278,12 @@ class _Espeak:
                 self.lib.espeak_Synchronize()
         finally:
             sys.unraisablehook = previous_hook
-            chunks, self._chunks = self._chunks, []
+            self._chunks = []
             pending, self._pending = self._pending, None
         if pending is not None:
             raise pending
         if status != _EE_OK:
             raise TaskError(f"espeak-ng failed to synthesise a {voice!r} run (error {status})")
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
 
 def open_library(library_path: str) -> ctypes.CDLL:
@@ -299,6 +355,47 @@ def _shared_espeak(library_path: str | None, data_path: str | None) -> _Espeak:
                 f"with data {espeak.data_path}; it cannot be re-initialised from {wanted[0]} / {wanted[1]}"
             )
         return espeak
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def assemble(chunks: list[np.ndarray], rate: int, target_rate: int) -> np.ndarray:
+    """int16 chunks at `rate` to one float32 array in [-1, 1] at `target_rate`; empties `chunks`.
+
+    Each chunk is converted (and resampled, streaming) straight into the one output array
+    and then dropped, so a long text's audio exists about once, not once per step.
+    """
+    total = sum(len(chunk) for chunk in chunks)
+    chunks.reverse()  # pop() from the end is O(1)
+    if target_rate == rate:
+        audio = np.empty(total, dtype=np.float32)
+        pos = 0
+        while chunks:
+            chunk = chunks.pop()
+            audio[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        audio *= 1.0 / 32768.0  # exact: a power of two
+        return audio
+    import soxr
+
+    stream = soxr.ResampleStream(rate, target_rate, 1, dtype="float32")
+    audio = np.empty(-(-total * target_rate // rate) + 64, dtype=np.float32)  # ceil
+    pos = 0
+
+    def put(piece: np.ndarray) -> None:
+        nonlocal audio, pos
+        if pos + len(piece) > len(audio):  # soxr's flush may differ by a few samples
+            audio = np.concatenate([audio[:pos], np.empty(len(piece) + 64, dtype=np.float32)])
+        audio[pos : pos + len(piece)] = piece
+        pos += len(piece)
+
+    while chunks:
+        chunk = chunks.pop()
+        put(stream.resample_chunk(chunk.astype(np.float32) * (1.0 / 32768.0), last=not chunks))
+    audio = audio[:pos]
+    np.clip(audio, -1.0, 1.0, out=audio)
+    return audio
 
 
 # --------------------------------------------------------------------------- the engine
@@ -376,21 +473,15 @@ class EspeakEngine:
         start = time.perf_counter()
         native = self._espeak.sample_rate
         pause = np.zeros(int(round(RUN_PAUSE_S * native)), dtype=np.int16)
-        pieces: list[np.ndarray] = []
+        chunks: list[np.ndarray] = []  # int16 at the native rate, every run and pause in order
         with self._espeak.lock:
             for i, run in enumerate(runs):
                 if i:
-                    pieces.append(pause)
-                pieces.append(self._espeak.speak(run.text, run.voice))
-        samples = np.concatenate(pieces)
-        if not np.any(samples):
+                    chunks.append(pause)
+                self._espeak.speak_into(chunks, run.text, run.voice)
+        if not any(np.any(chunk) for chunk in chunks):
             raise TaskError("espeak-ng produced no speech for this text", field="input_text")
-        audio = samples.astype(np.float32) / 32768.0
-        if self.sample_rate != native:
-            import soxr
-
-            audio = soxr.resample(audio, native, self.sample_rate)
-        audio = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+        audio = assemble(chunks, native, self.sample_rate)
         elapsed = time.perf_counter() - start
         duration = len(audio) / self.sample_rate
 

@@ -21,6 +21,10 @@ Syllables are counted with upstream's vowel-group rule (its fallback). Upstream 
 the CMU pronouncing dictionary (`pronouncing` package); we do not depend on it, so that the
 split never changes with what is installed. The two agree on every golden case; for a word
 where they disagree a piece boundary can move by a word.
+
+Every step is linear in the text length (a task's text can be long): pieces are cut by
+index rather than by re-slicing the rest, and a length is summed only as far as the
+comparison needs, in the same order as a full sum, so the result is unchanged.
 """
 
 from __future__ import annotations
@@ -46,13 +50,13 @@ def split_into_units(text: str) -> list[str]:
         units.append(char)
     if word:
         units.append("".join(word))
-    merged: list[str] = []
+    merged: list[list[str]] = []  # parts of each unit, joined once (+= on a list item copies)
     for unit in units:
         if unit.isspace() and merged:
-            merged[-1] += unit
+            merged[-1].append(unit)
         else:
-            merged.append(unit)
-    return merged
+            merged.append([unit])
+    return ["".join(parts) for parts in merged]
 
 
 def count_syllables_rule(word: str) -> int:
@@ -85,6 +89,19 @@ class LengthCounter:
             total += self.unit(u)
         return total
 
+    def exceeds(self, units: list[str], start: int, limit: float) -> bool:
+        """Whether `self(units[start:])` > limit, reading no further than needed.
+
+        Units weigh more than zero, so the partial sums only grow (in floating point too):
+        the answer is the full sum's, at a cost bounded by the limit, not the list.
+        """
+        total = 0.0
+        for i in range(start, len(units)):
+            total += self.unit(units[i])
+            if total > limit:
+                return True
+        return False
+
 
 def _is_punct(unit: str) -> bool:
     stripped = unit.strip()
@@ -106,20 +123,21 @@ def _min_sentences(units: list[str], min_len: int, length: LengthCounter) -> lis
 
 def _hard_cut(sentence: list[str], max_len: int, length: LengthCounter) -> list[list[str]]:
     pieces: list[list[str]] = []
-    while length(sentence) > max_len:
-        if len(sentence) > max_len:
-            cut = max_len + 1 if _is_punct(sentence[max_len]) else max_len
+    start = 0  # the rest of the sentence is sentence[start:]
+    while length.exceeds(sentence, start, max_len):
+        if len(sentence) - start > max_len:
+            cut = max_len + 1 if _is_punct(sentence[start + max_len]) else max_len
         else:
             # Upstream raises here; keep the longest prefix within the limit (at least one unit).
             cut, total = 0, 0.0
-            while cut < len(sentence) and total + length.unit(sentence[cut]) <= max_len:
-                total += length.unit(sentence[cut])
+            while start + cut < len(sentence) and total + length.unit(sentence[start + cut]) <= max_len:
+                total += length.unit(sentence[start + cut])
                 cut += 1
             cut = max(cut, 1)
-        pieces.append(sentence[:cut])
-        sentence = sentence[cut:]
-    if sentence:
-        pieces.append(sentence)
+        pieces.append(sentence[start : start + cut])
+        start += cut
+    if start < len(sentence):
+        pieces.append(sentence[start:])
     return pieces
 
 
