@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import InvalidTaskError, PromptAudioError, RunError, TaskError
+from .nameindex import NameIndex
 
 CANONICAL_FIELDS = ("input_text", "prompt_audio", "prompt_text", "output_name", "seed", "phoneme")
 ALIASES = {"syn_text": "input_text", "prompt_speech": "prompt_audio", "uttid": "output_name"}
@@ -211,7 +212,7 @@ class TaskValidator:
 
     def __init__(self, base_dir: Path) -> None:
         self.base_dir = base_dir
-        self._names: dict[str, int] = {}  # name_key -> first line using it
+        self._names = NameIndex()  # name_key -> first line using it (digests: flat memory per line)
 
     def validate(self, line: int, obj: Any) -> Task:
         if not isinstance(obj, Mapping):
