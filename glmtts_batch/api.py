@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
@@ -26,6 +26,9 @@ from .tasks import (
     iter_task_file,
     open_task_file,
 )
+
+if TYPE_CHECKING:
+    import threading
 
 Log = Callable[[str], None]
 
@@ -48,6 +51,8 @@ def run_batch(
     base_dir: str | os.PathLike[str] | None = None,
     fsync: bool = True,
     log: Log | None = None,
+    cancel: threading.Event | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> Summary:
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
@@ -60,6 +65,11 @@ def run_batch(
     closed here). `progress=None` shows a bar on a terminal and log lines
     otherwise; False silences both. `fsync=False` trades crash durability for
     speed (tests, scratch runs).
+
+    `cancel` (a `threading.Event`) stops the run as a first SIGTERM does, from any
+    thread: the current task finishes, the rest is recorded as skipped/interrupted,
+    exit code 143, no zip. `on_record(record)` is called with each manifest record
+    as it is written (live progress for an embedding server).
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
     a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `runner`).
@@ -121,6 +131,8 @@ def run_batch(
             fsync=fsync,
             total_lines=total,
             task_source=source,
+            cancel=cancel,
+            on_record=on_record,
         )
         return BatchRunner(engine, items, settings).run()
     finally:

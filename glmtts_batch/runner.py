@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,11 @@ class RunSettings:
     fsync: bool = True
     total_lines: int | None = None
     task_source: str | None = None
+    # Embedding hooks (the HTTP server runs jobs off the main thread, where no signal
+    # handler can be installed): `cancel.is_set()` acts as a first SIGTERM, checked where
+    # the loop checks the signal flag; `on_record` sees each manifest record once written.
+    cancel: threading.Event | None = None
+    on_record: Callable[[dict[str, Any]], None] | None = None
 
 
 class _Abandon(BaseException):
@@ -193,8 +198,11 @@ class BatchRunner:
             raise
         try:
             for item in self.items:
+                self._check_cancel(guard)
                 record = self._process(item, guard)
                 manifest.write(record)
+                if s.on_record is not None:
+                    s.on_record(record)
                 self.counts[record["status"]] += 1
                 audio = record["duration_s"] or 0.0
                 self.audio_seconds += audio
@@ -265,6 +273,13 @@ class BatchRunner:
             interrupted=interrupted,
             stopped_early=self.stop_reason == "max_failures",
         )
+
+    def _check_cancel(self, guard: SignalGuard) -> None:
+        """A set `cancel` event is a first SIGTERM: the rest is recorded as skipped/interrupted."""
+        if self.s.cancel is not None and self.s.cancel.is_set() and guard.signum is None:
+            guard.signum = signal.SIGTERM
+        if guard.signum is not None and self.stop_reason is None:
+            self.stop_reason = "interrupted"
 
     # One line -----------------------------------------------------------------------------
 
