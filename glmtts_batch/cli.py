@@ -163,5 +163,71 @@ def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
     click.echo(str(path))
 
 
+# serve ------------------------------------------------------------------------------------
+# `glmtts-batch serve`: HTTP job server (glmtts_batch.server; needs the `server` extra).
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address; anything but loopback needs --token-file.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--jobs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("jobs-server"),
+              show_default=True, help="Queue (SQLite), job folders and voices.")
+@click.option("--token-file", type=_existing_file, help="File holding the bearer token clients must send.")
+@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
+              help="Largest uploaded file.")
+@click.option("--max-job-mb", type=click.FloatRange(min=0, min_open=True), default=200, show_default=True,
+              help="Largest request body (a job's task file and prompt files).")
+@click.option("--max-lines", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Most task lines per job.")
+@click.option("--max-text-chars", type=click.IntRange(min=1), default=2_000, show_default=True,
+              help="Longest input_text of a task or input of a speech request.")
+@click.option("--engine", type=click.Choice(["auto", "glmtts", "espeak"]), default="auto", show_default=True)
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLMTTS_MODEL_DIR",
+              help="GLM-TTS checkpoint folder [env: GLMTTS_MODEL_DIR].")
+@click.option("--campplus", type=_existing_file, help="CAM++ speaker model (ONNX), if not in the checkpoint.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--sample-rate", type=click.Choice(["24000", "32000"]), default="24000", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--flow-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--no-kv-cache", is_flag=True)
+@click.option("--no-prompt-cache", is_flag=True)
+@click.option("--phoneme-dict", type=_existing_file)
+def serve(host: str, port: int, jobs_dir: Path, token_file: Path | None, max_file_mb: float, max_job_mb: float,
+          max_lines: int, max_text_chars: int, engine: str, model_dir: Path | None, **engine_flags: object) -> None:
+    """Serve jobs, voices and speech over HTTP with one engine loaded once."""
+    try:
+        from .engines.select import load_engine
+        from .server.config import ServeConfig, ServerLimits, check_bind, read_token
+        from .server.serve import serve as run_server
+    except ImportError as e:
+        click.echo(f"glmtts-batch: error: serve needs the server extra (pip install 'glmtts-batch[server]'): {e}",
+                   err=True)
+        sys.exit(EXIT_RUN_ERROR)
+    if click.get_current_context().get_parameter_source("model_dir") is ParameterSource.ENVIRONMENT:
+        model_dir = None  # engine selection reads GLMTTS_MODEL_DIR itself and names it as the source
+    f = engine_flags
+    options = EngineOptions(
+        model_dir=model_dir, campplus=f["campplus"], device=f["device"], sample_rate=int(f["sample_rate"]),
+        dtype=f["dtype"], flow_dtype=f["flow_dtype"], kv_cache=not f["no_kv_cache"],
+        prompt_cache=not f["no_prompt_cache"], phoneme_dict=f["phoneme_dict"],
+    )
+    mib = 1 << 20
+    limits = ServerLimits(max_file_bytes=int(max_file_mb * mib), max_job_bytes=int(max_job_mb * mib),
+                          max_lines=max_lines, max_text_chars=max_text_chars)
+    try:
+        token = read_token(token_file) if token_file is not None else None
+        config = ServeConfig(jobs_dir=jobs_dir, host=host, port=port, token=token, limits=limits)
+        check_bind(host, token)  # before a model spends a minute loading
+        loaded = load_engine(engine, options, log=lambda m: click.echo(f"glmtts-batch: {m}", err=True))
+    except RunError as e:
+        click.echo(f"glmtts-batch: error: {e}", err=True)
+        sys.exit(EXIT_RUN_ERROR)
+    try:
+        run_server(config, loaded)
+    finally:
+        loaded.close()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
