@@ -359,3 +359,25 @@ def test_sigkill_mid_job_then_restart_resumes_with_identical_wavs_and_keeps_the_
     got = {n: hashlib.sha256(archive.read(n)).hexdigest() for n in archive.namelist() if n.endswith(".wav")}
     assert got == expected
     assert comparable(archive.read("manifest.jsonl").decode()) == comparable(reference.manifest.read_text())
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "example.org"])
+def test_a_non_loopback_bind_without_a_token_file_is_refused(tmp_path: Path, host: str) -> None:
+    run = subprocess.run([sys.executable, "-m", "glmtts_batch", "serve", "--engine", "espeak", "--host", host,
+                          "--jobs-dir", str(tmp_path / "jobs")], env=ENV, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert f"refusing to bind '{host}' without --token-file" in run.stderr
+    assert not (tmp_path / "jobs").exists()  # refused before anything was created or loaded
+
+
+def test_loopback_rule() -> None:
+    from glmtts_batch.server.config import ServeConfigError, check_bind, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.8.0.1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("my-host")
+    check_bind("0.0.0.0", "a-token-of-some-length")
+    with pytest.raises(ServeConfigError):
+        check_bind("192.168.1.4", None)
