@@ -381,3 +381,40 @@ def test_loopback_rule() -> None:
     check_bind("0.0.0.0", "a-token-of-some-length")
     with pytest.raises(ServeConfigError):
         check_bind("192.168.1.4", None)
+
+
+# --------------------------------------------------------------------------- GLM-TTS
+
+
+def engine_stat(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'glmtts_engine_stat{{stat="{name}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError(f"no engine stat {name}")
+
+
+@pytest.mark.slow
+def test_glmtts_voice_features_are_cached_and_speech_equals_the_engine(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from voices import write_voice
+
+    from glmtts_batch.engines.base import EngineOptions
+    from glmtts_batch.glmtts.engine import GlmTtsEngine
+
+    voice = write_voice(tmp_path / "narrator.wav")
+    srv = Server(tmp_path / "jobs", "--engine", "glmtts", "--model-dir", str(tiny_checkpoint), "--device", "cpu")
+    try:
+        srv.start()
+        with httpx.Client(base_url=srv.url, timeout=120) as c:
+            assert c.get("/healthz").json()["engine"] == "glmtts"
+            created = c.post("/v1/voices", files={"audio": ("narrator.wav", voice.read_bytes(), "audio/wav")},
+                             data={"transcript": "你好。"})
+            assert created.status_code == 201, created.text
+            assert engine_stat(c, "prompt_cache_misses") == 1  # features computed when the voice was made
+            answer = c.post("/v1/audio/speech", json={"input": "你好", "voice": created.json()["id"], "seed": 5})
+            assert answer.status_code == 200, answer.text
+            assert (engine_stat(c, "prompt_cache_hits"), engine_stat(c, "prompt_cache_misses")) == (1, 1)
+    finally:
+        srv.kill()
+    engine = GlmTtsEngine.load(EngineOptions(model_dir=tiny_checkpoint, device="cpu"), log=lambda m: None)
+    local = engine.synthesize(SynthesisRequest("你好", voice, "你好。", seed=5))
+    assert answer.content == pcm16_wav_bytes(local.audio, local.sample_rate)[0]

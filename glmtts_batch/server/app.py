@@ -81,7 +81,7 @@ class Server:
         config.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.jobs_dir)
         self.queue = JobQueue(config.jobs_dir)
-        self.metrics = ServerMetrics(self.queue)
+        self.metrics = ServerMetrics(self.queue, host.stats)
         self.voices = VoiceStore(self.store, host, config.limits)
         self.worker = Worker(host, self.queue, self.store, log=log, on_record=self.metrics.task_record)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -16,8 +16,9 @@ from glmtts_batch.server.queue import JobQueue
 class ServerMetrics:
     """Counters since this process started, plus the queue and GPU state at scrape time."""
 
-    def __init__(self, queue: JobQueue) -> None:
+    def __init__(self, queue: JobQueue, engine_stats: Callable[[], dict[str, Any]]) -> None:
         self.queue = queue
+        self.engine_stats = engine_stats
         self._lock = threading.Lock()
         self.tasks = {"ok": 0, "failed": 0, "invalid": 0, "skipped": 0}
         self.audio_seconds = 0.0
@@ -60,6 +61,12 @@ class ServerMetrics:
         family = GaugeMetricFamily("glmtts_jobs", "Jobs by state", labels=["state"])
         for state, n in states.items():
             family.add_metric([state], n)
+        yield family
+        family = GaugeMetricFamily("glmtts_engine_stat", "The engine's own counters (e.g. prompt cache hits)",
+                                   labels=["stat"])
+        for name, value in self.engine_stats().items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                family.add_metric([name], value)
         yield family
         memory = gpu_memory()
         if memory is not None:
