@@ -59,7 +59,7 @@ def lint(dockerfile: Path, work: Path) -> None:
 
 def structural_check(text: str) -> None:
     """What the issue requires of the image, checked on the Dockerfile text itself."""
-    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M | re.I)
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.MULTILINE | re.IGNORECASE)
     problems = []
     if len(stages) < 2:
         problems.append("needs a build stage and a runtime stage")
@@ -75,7 +75,7 @@ def structural_check(text: str) -> None:
     ]:
         if needed not in (runtime if needed != "pip wheel" else text):
             problems.append(why)
-    user = re.findall(r"^USER\s+(\S+)", runtime, re.M)
+    user = re.findall(r"^USER\s+(\S+)", runtime, re.MULTILINE)
     if not user or user[-1].split(":")[0] in ("root", "0"):
         problems.append("the runtime stage must run as a non-root user")
     for bad in ("build-essential", "gcc", "[test]", "pytest"):

@@ -84,6 +84,18 @@ class Server:
         self.metrics = ServerMetrics(self.queue, host.stats)
         self.voices = VoiceStore(self.store, host, config.limits)
         self.worker = Worker(host, self.queue, self.store, log=log, on_record=self.metrics.task_record)
+        self._remove_unqueued_uploads()
+
+    def _remove_unqueued_uploads(self) -> None:
+        """A server killed while accepting a job leaves a folder the queue never heard of."""
+        root = self.config.jobs_dir / "jobs"
+        if not root.is_dir():
+            return
+        known = {job.id for job in self.queue.list()}
+        for folder in root.iterdir():
+            if is_id(folder.name) and folder.name not in known and folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+                self.log(f"removed the upload of a job that was never queued: {folder.name}")
 
     # jobs ---------------------------------------------------------------------------------
 
@@ -123,7 +135,9 @@ class Server:
             "finished_at": job.finished_at, "runs": job.runs, "cancel_requested": job.cancel_requested,
             "exit_code": job.exit_code, "error": job.error,
         }
-        progress = {"counts": {"ok": 0, "failed": 0, "invalid": 0, "skipped": 0}, "resumed": 0, "audio_seconds": 0.0}
+        progress: dict[str, Any] = {
+            "counts": {"ok": 0, "failed": 0, "invalid": 0, "skipped": 0}, "resumed": 0, "audio_seconds": 0.0,
+        }
         summary = self.store.job(job.id).out / SUMMARY_NAME
         live = self.worker.live
         if job.state in FINISHED and summary.exists():
@@ -256,7 +270,7 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
                 if not isinstance(task_upload, UploadFile):
                     raise Rejected(400, "multipart job: the task file goes in the file field 'tasks'")
                 uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-                seed = _int_field(form.get("seed"), "seed", 0, 0)
+                seed = _int_field(form.get("seed"), "seed", 0, 0) or 0
                 max_failures = _int_field(form.get("max_failures"), "max_failures", None, 1)
                 job = await run_in_threadpool(server.accept_job, uploads, task_upload, None, seed, max_failures)
         else:

@@ -20,7 +20,13 @@ from glmtts_batch.api import LineProblem, check_tasks
 from glmtts_batch.errors import InvalidTaskError
 from glmtts_batch.server.config import ServerLimits
 from glmtts_batch.server.store import TASK_FILE_NAME, JobPaths
-from glmtts_batch.tasks import ALIASES, MAX_LINE_BYTES, check_output_name, is_skippable, name_key
+from glmtts_batch.tasks import (
+    ALIASES,
+    MAX_LINE_BYTES,
+    check_output_name,
+    is_skippable,
+    name_key,
+)
 
 _PROMPT_KEYS = ("prompt_audio",) + tuple(a for a, c in ALIASES.items() if c == "prompt_audio")
 _TEXT_KEYS = ("input_text",) + tuple(a for a, c in ALIASES.items() if c == "input_text")
@@ -75,8 +81,8 @@ def write_json_tasks(tasks: Any, target: Path, limits: ServerLimits) -> None:
     if len(tasks) > limits.max_lines:
         raise limit_error("the number of tasks", limits.max_lines, "lines", "--max-lines")
     with open(target, "x", encoding="utf-8") as f:
-        for task in tasks:
-            f.write(json.dumps(task, ensure_ascii=False) + "\n")
+        # ASCII JSON: a lone surrogate reaches `check` as an escape and is reported for its line
+        f.writelines(json.dumps(task, ensure_ascii=True) + "\n" for task in tasks)
 
 
 def validate_job_input(paths: JobPaths, uploaded: Iterable[str], limits: ServerLimits) -> int:

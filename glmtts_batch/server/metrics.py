@@ -45,7 +45,7 @@ class ServerMetrics:
         with self._lock:
             tasks, speech = dict(self.tasks), dict(self.speech)
             audio, speech_audio = self.audio_seconds, self.speech_audio_seconds
-        family = CounterMetricFamily("glmtts_tasks", "Job tasks by manifest status", labels=["status"])
+        family: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily("glmtts_tasks", "Job tasks by manifest status", labels=["status"])
         for status, n in tasks.items():
             family.add_metric([status], n)
         yield family

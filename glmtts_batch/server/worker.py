@@ -96,6 +96,10 @@ class Worker:
                 self.log(f"job {job.id}: failed: {type(exc).__name__}: {exc}")
                 self.queue.finish(job.id, FAILED, error=f"{type(exc).__name__}: {exc}")
 
+    def _cancel_requested(self, job_id: str) -> bool:
+        row = self.queue.get(job_id)
+        return row is not None and row.cancel_requested
+
     def _run(self, job: JobRow) -> None:
         paths = self.store.job(job.id)
         live = LiveCounts(job.id)
@@ -105,7 +109,7 @@ class Worker:
             if self._stopping.is_set():
                 self._cancel.set()
         cancel = self._cancel
-        if self.queue.get(job.id).cancel_requested:  # type: ignore[union-attr] - cancelled while claimed
+        if self._cancel_requested(job.id):  # cancelled between claim and start
             cancel.set()
         self.live = live
         self.log(f"job {job.id}: {'resuming' if job.runs > 1 else 'starting'} ({job.tasks} tasks)")
@@ -129,7 +133,7 @@ class Worker:
                 self._current = None
         if summary.interrupted is None:
             self.queue.finish(job.id, DONE, exit_code=summary.exit_code)
-        elif self.queue.get(job.id).cancel_requested:  # type: ignore[union-attr]
+        elif self._cancel_requested(job.id):
             self.queue.finish(job.id, CANCELLED, exit_code=summary.exit_code)
         else:
             self.log(f"job {job.id}: stopped by shutdown; it resumes on the next start")
