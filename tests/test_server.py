@@ -203,6 +203,16 @@ def test_a_json_body_job_runs_like_a_file(client: httpx.Client) -> None:
     assert (job["state"], job["counts"]["ok"], job["seed"]) == ("done", 2, 3)
 
 
+def test_json_body_limits_and_bad_lines_get_400(client: httpx.Client) -> None:
+    too_many = client.post("/v1/jobs", json={"tasks": [{"input_text": "x"}] * 10_001})
+    assert too_many.status_code == 400 and "--max-lines" in too_many.json()["error"]
+    surrogate = client.post("/v1/jobs", content='{"tasks": [{"input_text": "ok"}, {"input_text": "\\ud800"}]}',
+                            headers={"content-type": "application/json"})
+    assert surrogate.status_code == 400, surrogate.text
+    assert [(p["line"], p["field"]) for p in surrogate.json()["problems"]] == [(2, "input_text")]
+    assert client.post("/v1/jobs", json={"tasks": [], "bogus": 1}).status_code == 400
+
+
 def test_path_tricks_in_an_uploaded_task_file_get_400_naming_each_line(client: httpx.Client, tmp_path: Path) -> None:
     voice = prompt_wav(tmp_path / "voice.wav")
     tasks = write_tasks(tmp_path / "tricks.jsonl", [

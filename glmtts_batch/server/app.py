@@ -260,8 +260,12 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
         kind = request.headers.get("content-type", "")
         if kind.startswith("application/json"):
             try:
-                body = JobBody.model_validate_json(await request.body())
-            except ValidationError as e:
+                # json.loads, not pydantic's parser: a lone surrogate in a task must reach `check`,
+                # which names its line, instead of failing the whole body.
+                body = JobBody.model_validate(json.loads(await request.body()))
+            except ValueError as e:
+                if not isinstance(e, ValidationError):
+                    raise Rejected(400, f"the job body is not valid JSON: {e}") from None
                 raise Rejected(400, "invalid job body", details=json.loads(e.json(include_url=False))) from None
             job = await run_in_threadpool(server.accept_job, [], None, body, body.seed, body.max_failures)
         elif kind.startswith("multipart/form-data"):
