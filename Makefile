@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # on a GPU machine the same pin pulls the CUDA build from PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint format bench bench-glmtts bench-load clean
+.PHONY: install demo test lint format bench bench-glmtts bench-load image-check clean
 
 install: $(VENV)/.installed
 
@@ -52,5 +52,10 @@ bench-glmtts: install
 bench-load: install
 	$(BIN)/python bench/bench_load.py --preset full
 
+# No Docker engine here: lint the Dockerfile (hadolint), build the image's runtime
+# environment (torch + the wheel with the server extra) into a fresh venv, report its size.
+image-check:
+	$(PYTHON) docker/image_check.py --torch "$(TORCH)"
+
 clean:
-	rm -rf $(VENV) outputs/*/ bench/out
+	rm -rf $(VENV) outputs/*/ bench/out build/image-check

@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .api import CheckReport, LineProblem, check_tasks, run_batch  # noqa: E402
 from .engines.base import Engine, EngineInfo, EngineOptions, Synthesis, SynthesisRequest  # noqa: E402
 from .errors import (  # noqa: E402
+    BodyTooLarge,
     CheckpointError,
     EngineLoadError,
     GlmttsBatchError,
@@ -12,7 +13,9 @@ from .errors import (  # noqa: E402
     LockedError,
     PhonemeDictError,
     PromptAudioError,
+    RequestRejected,
     RunError,
+    ServeConfigError,
     TaskError,
 )
 from .manifest import Record, Summary  # noqa: E402
@@ -21,6 +24,7 @@ from .writers import AudioWriter, WavWriter  # noqa: E402
 
 __all__ = [
     "AudioWriter",
+    "BodyTooLarge",
     "CheckReport",
     "CheckpointError",
     "Engine",
@@ -35,7 +39,9 @@ __all__ = [
     "PhonemeDictError",
     "PromptAudioError",
     "Record",
+    "RequestRejected",
     "RunError",
+    "ServeConfigError",
     "Summary",
     "Synthesis",
     "SynthesisRequest",

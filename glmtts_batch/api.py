@@ -7,7 +7,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
@@ -30,6 +30,9 @@ from .tasks import (
 )
 from .writers import DEFAULT_WRITER, AudioWriter
 
+if TYPE_CHECKING:
+    import threading
+
 
 def run_batch(
     tasks: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
@@ -46,6 +49,8 @@ def run_batch(
     fsync: bool = True,
     log: Log | None = None,
     writer: AudioWriter = DEFAULT_WRITER,
+    cancel: threading.Event | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> Summary:
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
@@ -59,6 +64,11 @@ def run_batch(
     otherwise; False silences both. `fsync=False` trades crash durability for
     speed (tests, scratch runs). `writer` picks the output files' format and suffix
     (default: 16-bit WAV; see `writers.AudioWriter`).
+
+    `cancel` (a `threading.Event`) stops the run as a first SIGTERM does, from any
+    thread: the current task finishes, the rest is recorded as skipped/interrupted,
+    exit code 143, no zip. `on_record(record)` is called with each manifest record
+    as it is written (live progress for an embedding server).
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
     a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`).
@@ -85,6 +95,8 @@ def run_batch(
             total_lines=source.total_lines,
             task_source=source.name,
             writer=writer,
+            cancel=cancel,
+            on_record=on_record,
         )
         items = source.items
         if not engine.info.clones_voice:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,10 @@ from click.core import ParameterSource
 from . import __version__
 from .api import check_tasks, run_batch
 from .engines.base import EngineOptions
-from .errors import EXIT_SIGNAL, GlmttsBatchError
-from .log import PREFIX, log_to_stderr
+from .errors import EXIT_SIGNAL, GlmttsBatchError, RunError
 from .glmtts.checkpoint_writers import PRESETS
 from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
+from .log import PREFIX, log_to_stderr
 from .tasks import InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER
 
@@ -43,27 +44,59 @@ def main() -> None:
     """Batch speech synthesis with GLM-TTS: a JSONL task file in, WAVs + manifest + zip out."""
 
 
+def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The engine options `run` and `serve` share; the command reads them with `_engine_options`."""
+    for option in reversed(_ENGINE_OPTIONS):
+        command = option(command)
+    return command
+
+
+_ENGINE_OPTIONS = [
+    click.option("--engine", type=click.Choice(["auto", "glmtts", "espeak"]), default="auto", show_default=True,
+        help="auto: GLM-TTS when a checkpoint is available, else the embedded espeak engine."),
+    click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLMTTS_MODEL_DIR",
+        help="GLM-TTS checkpoint folder [env: GLMTTS_MODEL_DIR]."),
+    click.option("--campplus", type=_existing_file, help="CAM++ speaker model (ONNX), if not in the checkpoint."),
+    click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
+    click.option("--sample-rate", type=click.Choice([str(rate) for rate in SAMPLE_RATES]),
+        default=str(DEFAULT_SAMPLE_RATE), show_default=True, help="Output rate; each has its own vocoder."),
+    click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+        help="LLM precision."),
+    click.option("--flow-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+        help="Flow precision (half precision may add hiss)."),
+    click.option("--no-kv-cache", is_flag=True, help="Disable the LLM key/value cache."),
+    click.option("--no-prompt-cache", is_flag=True, help="Disable the long-text prompt-history cache."),
+    click.option("--phoneme-dict", type=_existing_file, help="JSONL word -> pinyin overrides for phoneme mode."),
+    click.option("--sampling-rng", type=click.Choice(["fast", "upstream"]), default="fast", show_default=True,
+        help="upstream: spend random numbers as upstream GLM-TTS does, for its tokens from a seed (slower)."),
+]
+
+
+def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
+    """Pops the shared engine options from a command's parameters: (engine name, options)."""
+    model_dir = params.pop("model_dir")
+    if click.get_current_context().get_parameter_source("model_dir") is ParameterSource.ENVIRONMENT:
+        model_dir = None  # engine selection reads GLMTTS_MODEL_DIR itself and names it as the source
+    options = EngineOptions(
+        model_dir=model_dir,
+        campplus=params.pop("campplus"),
+        device=params.pop("device"),
+        sample_rate=int(params.pop("sample_rate")),
+        dtype=params.pop("dtype"),
+        flow_dtype=params.pop("flow_dtype"),
+        kv_cache=not params.pop("no_kv_cache"),
+        prompt_cache=not params.pop("no_prompt_cache"),
+        phoneme_dict=params.pop("phoneme_dict"),
+        sampling_rng=params.pop("sampling_rng"),
+    )
+    return params.pop("engine"), options
+
+
 @main.command()
 @click.argument("task_file", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: outputs/<task file stem>/].")
-@click.option("--engine", type=click.Choice(["auto", "glmtts", "espeak"]), default="auto", show_default=True,
-              help="auto: GLM-TTS when a checkpoint is available, else the embedded espeak engine.")
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLMTTS_MODEL_DIR",
-              help="GLM-TTS checkpoint folder [env: GLMTTS_MODEL_DIR].")
-@click.option("--campplus", type=_existing_file, help="CAM++ speaker model (ONNX), if not in the checkpoint.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--sample-rate", type=click.Choice([str(rate) for rate in SAMPLE_RATES]),
-              default=str(DEFAULT_SAMPLE_RATE), show_default=True, help="Output rate; each has its own vocoder.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="LLM precision.")
-@click.option("--flow-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Flow precision (half precision may add hiss).")
-@click.option("--no-kv-cache", is_flag=True, help="Disable the LLM key/value cache.")
-@click.option("--no-prompt-cache", is_flag=True, help="Disable the long-text prompt-history cache.")
-@click.option("--phoneme-dict", type=_existing_file, help="JSONL word -> pinyin overrides for phoneme mode.")
-@click.option("--sampling-rng", type=click.Choice(["fast", "upstream"]), default="fast", show_default=True,
-              help="upstream: spend random numbers as upstream GLM-TTS does, for its tokens from a seed (slower).")
+@engine_options
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Seed for tasks without their own 'seed'.")
 @click.option("--no-resume", is_flag=True, help="Redo every task, even those an earlier run finished.")
@@ -73,38 +106,15 @@ def main() -> None:
 def run(
     task_file: Path,
     out_dir: Path | None,
-    engine: str,
-    model_dir: Path | None,
-    campplus: Path | None,
-    device: str,
-    sample_rate: str,
-    dtype: str,
-    flow_dtype: str,
-    no_kv_cache: bool,
-    no_prompt_cache: bool,
-    phoneme_dict: Path | None,
-    sampling_rng: str,
     seed: int,
     no_resume: bool,
     no_zip: bool,
     max_failures: int | None,
     no_progress: bool,
+    **engine_params: Any,
 ) -> None:
     """Synthesise every task in TASK_FILE (JSONL)."""
-    if click.get_current_context().get_parameter_source("model_dir") is ParameterSource.ENVIRONMENT:
-        model_dir = None  # engine selection reads GLMTTS_MODEL_DIR itself and names it as the source
-    options = EngineOptions(
-        model_dir=model_dir,
-        campplus=campplus,
-        device=device,
-        sample_rate=int(sample_rate),
-        dtype=dtype,
-        flow_dtype=flow_dtype,
-        kv_cache=not no_kv_cache,
-        prompt_cache=not no_prompt_cache,
-        phoneme_dict=phoneme_dict,
-        sampling_rng=sampling_rng,
-    )
+    engine, options = _engine_options(engine_params)
     summary = run_batch(
         task_file,
         out_dir,
@@ -169,6 +179,49 @@ def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
 
     path = build_random_checkpoint(out_dir, preset, seed=seed, log=log_to_stderr)
     click.echo(str(path))
+
+
+# serve ------------------------------------------------------------------------------------
+# `glmtts-batch serve`: HTTP job server (glmtts_batch.server; needs the `server` extra).
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address; anything but loopback needs --token-file.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--jobs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("jobs-server"),
+              show_default=True, help="Queue (SQLite), job folders and voices.")
+@click.option("--token-file", type=_existing_file, help="File holding the bearer token clients must send.")
+@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
+              help="Largest uploaded file.")
+@click.option("--max-job-mb", type=click.FloatRange(min=0, min_open=True), default=200, show_default=True,
+              help="Largest request body (a job's task file and prompt files).")
+@click.option("--max-lines", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Most task lines per job.")
+@click.option("--max-text-chars", type=click.IntRange(min=1), default=2_000, show_default=True,
+              help="Longest input_text of a task or input of a speech request.")
+@engine_options
+def serve(host: str, port: int, jobs_dir: Path, token_file: Path | None, max_file_mb: float, max_job_mb: float,
+          max_lines: int, max_text_chars: int, **engine_params: Any) -> None:
+    """Serve jobs, voices and speech over HTTP with one engine loaded once."""
+    try:
+        from .engines.select import load_engine
+        from .server.config import ServeConfig, ServerLimits, check_bind, read_token
+        from .server.serve import serve as run_server
+    except ImportError as e:
+        raise RunError(f"serve needs the server extra (pip install 'glmtts-batch[server]'): {e}") from None
+    engine, options = _engine_options(engine_params)
+    mib = 1 << 20
+    limits = ServerLimits(max_file_bytes=int(max_file_mb * mib), max_job_bytes=int(max_job_mb * mib),
+                          max_lines=max_lines, max_text_chars=max_text_chars)
+    token = read_token(token_file) if token_file is not None else None
+    config = ServeConfig(jobs_dir=jobs_dir, host=host, port=port, token=token, limits=limits)
+    check_bind(host, token)  # before a model spends a minute loading
+    loaded = load_engine(engine, options, log=log_to_stderr)
+    try:
+        run_server(config, loaded)
+    finally:
+        loaded.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

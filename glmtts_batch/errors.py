@@ -67,3 +67,26 @@ class EngineLoadError(RunError):
 
 class CheckpointError(EngineLoadError):
     """A checkpoint folder is incomplete or malformed. The message lists every problem."""
+
+
+class ServeConfigError(RunError):
+    """The HTTP server cannot start with these settings (e.g. a public bind without a token)."""
+
+
+class RequestRejected(GlmttsBatchError):
+    """An HTTP request the server refuses: `status` is the HTTP code, `body` the JSON answer."""
+
+    exit_code = EXIT_TASKS_FAILED  # bad input, as a task error is; the server answers with `status`
+
+    def __init__(self, status: int, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, object] = {"error": message, **extra}
+
+
+class BodyTooLarge(RequestRejected):
+    """A request body over the server's size limit (raised while the bytes arrive)."""
+
+    def __init__(self, body: dict[str, object]) -> None:
+        super().__init__(413, str(body["error"]))
+        self.body = body

@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,11 @@ class RunSettings:
     total_lines: int | None = None
     task_source: str | None = None
     writer: AudioWriter = field(default=DEFAULT_WRITER)  # the output files' format and suffix
+    # Embedding hooks (the HTTP server runs jobs off the main thread, where no signal
+    # handler can be installed): `cancel.is_set()` acts as a first SIGTERM, checked where
+    # the loop checks the signal flag; `on_record` sees each manifest record once written.
+    cancel: threading.Event | None = None
+    on_record: Callable[[dict[str, Any]], None] | None = None
 
 
 class _Abandon(BaseException):
@@ -187,8 +192,11 @@ class BatchRunner:
             raise
         try:
             for item in self.items:
+                self._check_cancel(guard)
                 record = self._process(item, guard)
                 manifest.write(record)
+                if self.settings.on_record is not None:
+                    self.settings.on_record(record.to_dict())
                 self.tally.add(record)
                 audio_s = (record.duration_s or 0.0) if record.status == "ok" else 0.0
                 progress.update(record.status, audio_s, line=record.line)
@@ -240,6 +248,13 @@ class BatchRunner:
         if self.tally.counts["failed"] or self.tally.counts["invalid"]:
             return EXIT_TASKS_FAILED
         return EXIT_OK
+
+    def _check_cancel(self, guard: SignalGuard) -> None:
+        """A set `cancel` event is a first SIGTERM: the rest is recorded as skipped/interrupted."""
+        if self.settings.cancel is not None and self.settings.cancel.is_set() and guard.signum is None:
+            guard.signum = signal.SIGTERM
+        if guard.signum is not None and self.stop_reason is None:
+            self.stop_reason = "interrupted"
 
     # One line -----------------------------------------------------------------------------
 
