@@ -319,3 +319,13 @@ class SpeechLlama(nn.Module):
             raise ValueError(f"prefill: slots must be distinct and in [0, {self.max_slots})")
         if max(len(r) for r in rows) > self.max_seq:
             raise ValueError(f"prefill: a prompt of {max(len(r) for r in rows)} ids exceeds the cache ({self.max_seq})")
+
+    def grow_cache(self, max_seq: int) -> None:
+        """Lengthen every layer's cache to `max_seq` positions, keeping what it holds."""
+        if max_seq <= self.max_seq:
+            return
+        old = [(b.self_attn.cache, self.max_seq) for b in self.model.layers]
+        self.setup_cache(self.max_slots, max_seq)
+        for block, (cache, n) in zip(self.model.layers, old):
+            block.self_attn.cache.k[:, :, :n] = cache.k
+            block.self_attn.cache.v[:, :, :n] = cache.v
