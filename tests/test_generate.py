@@ -129,6 +129,13 @@ def test_two_threads_keep_a_batch_invariant(models, solo):
     assert [r.tokens for r in batched] == solo
 
 
+def test_the_packed_cpu_model_is_batch_invariant_too(llm_dir):
+    lm = SpeechLlama.load(llm_dir).pack_for_cpu()
+    solo = [alone(lm, r).tokens for r in INVARIANCE_REQUESTS]
+    batched = generate_many(lm, INVARIANCE_REQUESTS[::-1], SPECIAL, max_batch=8)[::-1]
+    assert [r.tokens for r in batched] == solo
+
+
 def test_freed_slots_take_the_next_piece_while_others_decode(models, monkeypatch):
     new, _ = models
     calls: list[tuple[str, list[int]]] = []

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from glmtts_batch.errors import CheckpointError
-from glmtts_batch.glmtts import model as model_module
 from glmtts_batch.glmtts.llm import LlmConfig, SpeechLM, write_random_llm
 from glmtts_batch.glmtts.model import SpeechLlama
 
@@ -94,22 +93,37 @@ def test_prefill_and_decode_equal_transformers_for_rows_of_different_lengths(lm,
         assert torch.equal(g[0], w[0])  # prefill: the same operations at the same shapes, bit for bit
 
 
-def test_same_operations_as_transformers_bit_for_bit(lm, reference, monkeypatch):
+def test_same_operations_as_transformers_bit_for_bit(lm, reference):
     """Without the row padding a single-row decode takes transformers' exact kernels."""
-    monkeypatch.setattr(model_module.pad_rows, "__defaults__", (1,))
+    lm.min_rows = 1
     prompts, steps = random_ids([11], seed=3), random_ids([5], seed=4)
     assert torch.equal(batched_run(lm, prompts, steps, slots=[3])[0], reference_run(reference, prompts, steps)[0])
 
 
-def test_a_rows_numbers_do_not_depend_on_its_batch_mates(llm_dir):
+@pytest.mark.parametrize("packed", [False, True], ids=["mkl", "onednn-packed"])
+def test_a_rows_numbers_do_not_depend_on_its_batch_mates(llm_dir, packed):
     prompts = random_ids([13, 30, 7, 21, 16], seed=5)
     steps = random_ids([8] * 5, seed=6)
-    lm = SpeechLlama.load(llm_dir)
+    lm = SpeechLlama.load(llm_dir).pack_for_cpu() if packed else SpeechLlama.load(llm_dir)
     lm.setup_cache(max_slots=8, max_seq=64)
     alone = batched_run(lm, prompts[:1], steps[:1], slots=[0])[0]
     for mates, slots in [([1], [5, 2]), ([1, 2, 3, 4], [7, 0, 3, 1, 6]), ([4, 2], [1, 2, 0])]:
         together = batched_run(lm, [prompts[0]] + [prompts[m] for m in mates], [steps[0]] + [steps[m] for m in mates], slots)
         assert torch.equal(together[0], alone)
+
+
+def test_packed_model_equals_transformers(llm_dir, reference):
+    lm = SpeechLlama.load(llm_dir).pack_for_cpu()
+    lm.setup_cache(max_slots=3, max_seq=64)
+    assert not any(k.endswith("proj.weight") for k in lm.state_dict())  # the dense copies are gone
+    prompts, steps = random_ids([9, 23, 5], seed=11), random_ids([4, 4, 4], seed=12)
+    got = batched_run(lm, prompts, steps, slots=[1, 2, 0])
+    for g, w in zip(got, reference_run(reference, prompts, steps)):
+        assert torch.allclose(g, w, atol=1e-5, rtol=0)
+    hidden = got[0][:2]
+    table = reference.model.embed_tokens.weight
+    want = torch.cat([hidden @ table[100:356].T, hidden @ table[91:92].T], dim=-1)
+    assert torch.allclose(lm.candidate_logits(hidden, 100, 355, 91), want, atol=1e-5, rtol=0)
 
 
 def test_static_decode_equals_exact_decode(lm):

@@ -38,8 +38,10 @@ from glmtts_batch.glmtts.llm import LlmConfig, resolve_dtype
 from glmtts_batch.glmtts.weights import load_module, read_state_dict
 
 # Rows a CPU matrix product needs before each row's result stops depending on how many
-# rows there are (see the module docstring; 16 leaves room for up to 4 threads).
+# rows there are (see the module docstring; 16 leaves room for up to 4 threads). oneDNN's
+# packed product (`SpeechLlama.pack_for_cpu`) is row-independent from 2 rows on.
 MIN_GEMM_ROWS = 16
+MIN_PACKED_ROWS = 2
 
 
 def pad_rows(x: Tensor, rows: int = MIN_GEMM_ROWS) -> Tensor:
@@ -55,6 +57,27 @@ class KVCache:
 
     k: Tensor
     v: Tensor
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same keys) whose weight can be swapped for a oneDNN-packed copy.
+
+    On the CPU, MKL's many-row product repacks the weight on every call: 16 rows of a
+    6144 x 2048 weight take 10x the time of one row. The packed copy is made once and
+    16 rows then cost about 3x one row (measured, bench/bench_lm.py). Packing drops the
+    dense weight (inference only; the module then has no `weight` in its state dict).
+    """
+
+    packed: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+    def pack(self) -> None:
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), MIN_GEMM_ROWS)
+        del self.weight
 
 
 class RMSNorm(nn.Module):
@@ -75,9 +98,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: LlmConfig) -> None:
         super().__init__()
         h, ff = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(h, ff, bias=False)
-        self.up_proj = nn.Linear(h, ff, bias=False)
-        self.down_proj = nn.Linear(ff, h, bias=False)
+        self.gate_proj = Linear(h, ff, bias=False)
+        self.up_proj = Linear(h, ff, bias=False)
+        self.down_proj = Linear(ff, h, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -106,10 +129,10 @@ class Attention(nn.Module):
         h, d = config.hidden_size, config.head_dim
         self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
         self.scale = d**-0.5
-        self.q_proj = nn.Linear(h, self.n_heads * d, bias=False)
-        self.k_proj = nn.Linear(h, self.n_kv * d, bias=False)
-        self.v_proj = nn.Linear(h, self.n_kv * d, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * d, h, bias=False)
+        self.q_proj = Linear(h, self.n_heads * d, bias=False)
+        self.k_proj = Linear(h, self.n_kv * d, bias=False)
+        self.v_proj = Linear(h, self.n_kv * d, bias=False)
+        self.o_proj = Linear(self.n_heads * d, h, bias=False)
         self.cache: KVCache | None = None  # set by SpeechLlama.setup_cache; not a buffer
 
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -192,6 +215,7 @@ class SpeechLlama(nn.Module):
         self.model = LlamaBody(config)
         self.max_slots = 0
         self.max_seq = 0
+        self.min_rows = MIN_GEMM_ROWS  # rows every projection runs on (see pad_rows)
 
     @classmethod
     def load(
@@ -209,6 +233,18 @@ class SpeechLlama(nn.Module):
             if state[key].is_floating_point():
                 state[key] = state[key].to(dtype)
         return load_module(lambda: cls(config), state, where=str(weights), device=device, dtype=dtype)
+
+    def pack_for_cpu(self) -> SpeechLlama:
+        """Swap every projection's weight for a oneDNN-packed copy (fp32 CPU, inference):
+        the batched speed setting on CPU. Rounds differently from MKL, so tokens equal
+        those of an unpacked model only up to last-bit differences, and stay batch-invariant."""
+        if self.device.type != "cpu" or self.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+            raise ValueError("pack_for_cpu needs a float32 model on a CPU with oneDNN")
+        for module in self.modules():
+            if isinstance(module, Linear) and module.packed is None:
+                module.pack()
+        self.min_rows = MIN_PACKED_ROWS
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -240,7 +276,7 @@ class SpeechLlama(nn.Module):
 
         Rows are packed into one sequence (no padded FLOPs) and each writes its keys and
         values into its slot, positions [0, len). The packed sequence is padded to
-        `MIN_GEMM_ROWS` rows so the projections always take the many-row kernels.
+        `min_rows` rows so the projections always take the many-row kernels.
         """
         self._check_fits(rows, slots)
         lengths = [len(r) for r in rows]
@@ -248,7 +284,7 @@ class SpeechLlama(nn.Module):
         for slot, n in zip(slots, lengths):
             spans.append((slot, start, n))
             start += n
-        pad = max(0, MIN_GEMM_ROWS - start)
+        pad = max(0, self.min_rows - start)
         ids = torch.tensor([[t for r in rows for t in r] + [0] * pad], dtype=torch.long, device=self.device)
         x = self.model.embed_tokens(ids)  # (1, N + pad, D)
         positions = [torch.arange(n, device=self.device)[None] for n in [*lengths, pad] if n]
@@ -268,13 +304,13 @@ class SpeechLlama(nn.Module):
     def decode(self, ids: Tensor, slots: Sequence[int], positions: Sequence[int]) -> Tensor:
         """One step, exact attention: row i feeds id `ids[i]` to slot `slots[i]` at
         `positions[i]`. ids (n,) -> hidden (n, D) after the final norm. Rows are padded to
-        `MIN_GEMM_ROWS` internally, so n = 1 takes the same kernels as n = 16."""
+        `min_rows` internally, so n = 1 takes the same kernels as n = 16."""
         n = ids.shape[0]
         if len(slots) != n or len(positions) != n:
             raise ValueError("decode: one slot and one position per id")
         if any(p >= self.max_seq for p in positions):
             raise ValueError(f"decode: position beyond the cache ({self.max_seq})")
-        x = pad_rows(self.model.embed_tokens(ids))[:, None]  # (M, 1, D), M >= MIN_GEMM_ROWS
+        x = pad_rows(self.model.embed_tokens(ids), self.min_rows)[:, None]  # (M, 1, D), M >= min_rows
         rows = [torch.tensor([[p]], device=self.device) for p in positions]
         rows += [torch.zeros(1, 1, dtype=torch.long, device=self.device)] * (x.shape[0] - n)
         cos, sin = (t.transpose(0, 1) for t in self._rope_rows(rows))  # (M, 1, d)
@@ -301,14 +337,25 @@ class SpeechLlama(nn.Module):
         would move in steps of 0.125 at |logit| 16-32 and change the distribution.
         """
         n, table = hidden.shape[0], self.model.embed_tokens.weight
-        hidden = pad_rows(hidden)  # same kernels whatever n is
+        if self.min_rows == MIN_PACKED_ROWS:  # packed model: pack the candidate rows too
+            packed = self._candidate_rows(ats, ate, eoa, packed=True)
+            return torch.ops.mkldnn._linear_pointwise(pad_rows(hidden, self.min_rows), packed, None, "none", [], "")[:n]
+        hidden = pad_rows(hidden, self.min_rows)  # same kernels whatever n is
         if table.dtype == torch.float32:
             audio = hidden @ table[ats : ate + 1].T
             return torch.cat([audio, hidden @ table[eoa : eoa + 1].T], dim=-1)[:n]
-        key = (ats, ate, eoa)
-        if getattr(self, "_fp32_rows", (None,))[0] != key:
-            self._fp32_rows = (key, torch.cat([table[ats : ate + 1], table[eoa : eoa + 1]]).float())
-        return (hidden.float() @ self._fp32_rows[1].T)[:n]
+        return (hidden.float() @ self._candidate_rows(ats, ate, eoa).T)[:n]
+
+    def _candidate_rows(self, ats: int, ate: int, eoa: int, packed: bool = False) -> Tensor:
+        """Float32 copy of the candidate rows of the table (V', D), cached; oneDNN-packed if asked."""
+        key = (ats, ate, eoa, packed)
+        if getattr(self, "_candidates", (None,))[0] != key:
+            table = self.model.embed_tokens.weight
+            rows = torch.cat([table[ats : ate + 1], table[eoa : eoa + 1]]).float()
+            if packed:
+                rows = torch.ops.mkldnn._reorder_linear_weight(rows, MIN_GEMM_ROWS)
+            self._candidates = (key, rows)
+        return self._candidates[1]
 
     def _check_fits(self, rows: Sequence[Sequence[int]], slots: Sequence[int]) -> None:
         if not self.max_slots:
