@@ -76,6 +76,23 @@ def alone(lm: SpeechLlama, request: LmRequest, options: GenerationOptions = Gene
     return generate_many(lm, [request], SPECIAL, options, max_batch=1)[0]
 
 
+def test_rows_apart_equals_todays_generate_long_bit_for_bit(models):
+    """`rows_apart` decodes each row with a batch-1 run's kernels: today's tokens, guaranteed."""
+    new, old = models
+    new.rows_apart = True
+    try:
+        requests = make_requests(6, seed=5)
+        results = generate_many(new, requests, SPECIAL, max_batch=4)
+    finally:
+        new.rows_apart = False
+    for request, result in zip(requests, results):
+        tokens, _ = old.generate_long(
+            request.pieces_text_ids, request.prompt_text_ids, request.prompt_speech_tokens, SPECIAL,
+            seed=request.seed, history_limit=request.history_limit,
+        )
+        assert result.tokens == tokens
+
+
 @pytest.mark.parametrize("method", ["ras", "topk"])
 def test_tokens_equal_todays_generate_long(models, method):
     """Same tokens, stop reasons and RAS fallbacks as `SpeechLM.generate_long`.

@@ -93,11 +93,16 @@ def test_prefill_and_decode_equal_transformers_for_rows_of_different_lengths(lm,
         assert torch.equal(g[0], w[0])  # prefill: the same operations at the same shapes, bit for bit
 
 
-def test_same_operations_as_transformers_bit_for_bit(lm, reference):
-    """Without the row padding a single-row decode takes transformers' exact kernels."""
-    lm.min_rows = 1
-    prompts, steps = random_ids([11], seed=3), random_ids([5], seed=4)
-    assert torch.equal(batched_run(lm, prompts, steps, slots=[3])[0], reference_run(reference, prompts, steps)[0])
+def test_rows_apart_is_transformers_bit_for_bit(lm, reference):
+    """With `rows_apart` every row takes a batch-1 run's kernels (matrix-vector products in
+    decode), so prefill and decode equal transformers exactly, in a batch of any lengths."""
+    lm.rows_apart = True
+    prompts, steps = random_ids([11, 3, 26], seed=3), random_ids([5, 5, 5], seed=4)
+    for got, want in zip(batched_run(lm, prompts, steps, slots=[3, 0, 2]), reference_run(reference, prompts, steps)):
+        assert torch.equal(got, want)
+        table = reference.model.embed_tokens.weight
+        logits = torch.cat([want[-1:] @ table[100:356].T, want[-1:] @ table[91:92].T], dim=-1)
+        assert torch.equal(lm.candidate_logits(got[-1:], 100, 355, 91), logits)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["mkl", "onednn-packed"])

@@ -216,6 +216,9 @@ class SpeechLlama(nn.Module):
         self.max_slots = 0
         self.max_seq = 0
         self.min_rows = MIN_GEMM_ROWS  # rows every projection runs on (see pad_rows)
+        # True: decode each row as its own batch-1 step, taking the matrix-vector kernels
+        # of a batch-1 run: bit-identical to today's transformers path, no batching gain.
+        self.rows_apart = False
 
     @classmethod
     def load(
@@ -279,12 +282,14 @@ class SpeechLlama(nn.Module):
         `min_rows` rows so the projections always take the many-row kernels.
         """
         self._check_fits(rows, slots)
+        if self.rows_apart and len(rows) > 1:
+            return torch.cat([self.prefill(rows[i : i + 1], slots[i : i + 1]) for i in range(len(rows))])
         lengths = [len(r) for r in rows]
         spans, start = [], 0
         for slot, n in zip(slots, lengths):
             spans.append((slot, start, n))
             start += n
-        pad = max(0, self.min_rows - start)
+        pad = 0 if self.rows_apart else max(0, self.min_rows - start)
         ids = torch.tensor([[t for r in rows for t in r] + [0] * pad], dtype=torch.long, device=self.device)
         x = self.model.embed_tokens(ids)  # (1, N + pad, D)
         positions = [torch.arange(n, device=self.device)[None] for n in [*lengths, pad] if n]
@@ -304,13 +309,20 @@ class SpeechLlama(nn.Module):
     def decode(self, ids: Tensor, slots: Sequence[int], positions: Sequence[int]) -> Tensor:
         """One step, exact attention: row i feeds id `ids[i]` to slot `slots[i]` at
         `positions[i]`. ids (n,) -> hidden (n, D) after the final norm. Rows are padded to
-        `min_rows` internally, so n = 1 takes the same kernels as n = 16."""
+        `min_rows` internally, so n = 1 takes the same kernels as n = 16; with
+        `rows_apart` each row runs as its own batch-1 step instead."""
         n = ids.shape[0]
         if len(slots) != n or len(positions) != n:
             raise ValueError("decode: one slot and one position per id")
         if any(p >= self.max_seq for p in positions):
             raise ValueError(f"decode: position beyond the cache ({self.max_seq})")
-        x = pad_rows(self.model.embed_tokens(ids), self.min_rows)[:, None]  # (M, 1, D), M >= min_rows
+        if self.rows_apart:
+            return torch.cat([self._decode_rows(ids[i : i + 1], slots[i : i + 1], positions[i : i + 1], 1) for i in range(n)])
+        return self._decode_rows(ids, slots, positions, self.min_rows)
+
+    def _decode_rows(self, ids: Tensor, slots: Sequence[int], positions: Sequence[int], min_rows: int) -> Tensor:
+        n = ids.shape[0]
+        x = pad_rows(self.model.embed_tokens(ids), min_rows)[:, None]  # (M, 1, D), M >= min_rows
         rows = [torch.tensor([[p]], device=self.device) for p in positions]
         rows += [torch.zeros(1, 1, dtype=torch.long, device=self.device)] * (x.shape[0] - n)
         cos, sin = (t.transpose(0, 1) for t in self._rope_rows(rows))  # (M, 1, d)
@@ -337,10 +349,12 @@ class SpeechLlama(nn.Module):
         would move in steps of 0.125 at |logit| 16-32 and change the distribution.
         """
         n, table = hidden.shape[0], self.model.embed_tokens.weight
+        if self.rows_apart and n > 1:
+            return torch.cat([self.candidate_logits(hidden[i : i + 1], ats, ate, eoa) for i in range(n)])
         if self.min_rows == MIN_PACKED_ROWS:  # packed model: pack the candidate rows too
             packed = self._candidate_rows(ats, ate, eoa, packed=True)
             return torch.ops.mkldnn._linear_pointwise(pad_rows(hidden, self.min_rows), packed, None, "none", [], "")[:n]
-        hidden = pad_rows(hidden, self.min_rows)  # same kernels whatever n is
+        hidden = pad_rows(hidden, 1 if self.rows_apart else self.min_rows)  # same kernels whatever n is
         if table.dtype == torch.float32:
             audio = hidden @ table[ats : ate + 1].T
             return torch.cat([audio, hidden @ table[eoa : eoa + 1].T], dim=-1)[:n]
