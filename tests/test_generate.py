@@ -196,3 +196,13 @@ def test_the_cache_grows_for_long_pieces(llm_dir):
     task = DecodingTask(lm, SPECIAL, GenerationOptions(force_tokens=60), max_batch=2, max_seq=16)
     assert [len(t) for t in task.run([request])[0].tokens] == [60]
     assert lm.max_seq >= 60 + 5
+
+
+def test_cuda_graphs_are_never_built_on_the_cpu(llm_dir):
+    from glmtts_batch.glmtts.generate import CudaGraphDecoder
+
+    lm = SpeechLlama.load(llm_dir)
+    assert DecodingTask(lm, SPECIAL, max_batch=3).graphs is None
+    with pytest.raises(ValueError, match="CUDA"):
+        CudaGraphDecoder(lm)
+    assert [CudaGraphDecoder.bucket(s) for s in (0, 1, 2, 3, 4, 100, 600)] == [1, 2, 4, 4, 8, 128, 601]

@@ -110,9 +110,10 @@ class DecodingTask:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.lm, self.special, self.options, self.max_batch = lm, special, options, max_batch
         self.stop_index = special.ate - special.ats + 1  # eoa's column in candidate_logits
-        if lm.max_slots < max_batch or lm.max_seq < max_seq:
-            lm.setup_cache(max_batch, max(max_seq, lm.max_seq))
         use_graphs = cuda_graphs and lm.device.type == "cuda"
+        slots = CudaGraphDecoder.bucket(max_batch - 1) if use_graphs else max_batch  # a graph spans its bucket
+        if lm.max_slots < slots or lm.max_seq < max_seq:
+            lm.setup_cache(max(slots, lm.max_slots), max(max_seq, lm.max_seq))
         self.graphs = CudaGraphDecoder(lm) if use_graphs else None
 
     @torch.inference_mode()
@@ -168,7 +169,9 @@ class DecodingTask:
             self._finish(row, None)
             return None
         if len(ids) + steps > self.lm.max_seq:
-            self.lm.grow_cache(len(ids) + steps)
+            self.lm.grow_cache(max(len(ids) + steps, 2 * self.lm.max_seq))
+            if self.graphs is not None:
+                self.graphs.graphs.clear()  # they hold the old cache tensors
         return row, ids
 
     # ------------------------------------------------------------------ one step
@@ -248,9 +251,14 @@ class CudaGraphDecoder:
         self.lm = lm
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
 
+    @classmethod
+    def bucket(cls, highest_slot: int) -> int:
+        """The number of slots a step runs over when `highest_slot` is live."""
+        return next((b for b in cls.BUCKETS if b > highest_slot), highest_slot + 1)
+
     def step(self, ids: Tensor, slots: Sequence[int], positions: Sequence[int]) -> Tensor:
         """ids (n,) for `slots` at `positions` -> hidden (n, D) in the same order."""
-        size = next(b for b in self.BUCKETS if b > max(slots)) if max(slots) < self.BUCKETS[-1] else max(slots) + 1
+        size = self.bucket(max(slots))
         graph, static_ids, static_pos, static_out = self.graphs.get(size) or self._capture(size)
         index = torch.tensor(list(slots), device=ids.device)
         static_ids.zero_()
