@@ -108,8 +108,10 @@ def main() -> None:
         results.append({"variant": "sequential", "batch_size": 1, "step_s": s, "tokens_per_s": 1 / s})
         print(f"sequential      B=1   {s * 1e3:8.1f} ms/step  {1 / s:6.2f} tok/s", flush=True)
     # The new model adopts the same tensors: no second copy of the weights.
-    new = load_module(lambda: SpeechLlama(old.config), old.state_dict(), where=str(args.llm_dir))
+    config, state = old.config, old.state_dict()
     del old
+    new = load_module(lambda: SpeechLlama(config), state, where=str(args.llm_dir))
+    del state
     gc.collect()
     for variant in [v for v in variants if v != "sequential"]:
         new.rows_apart = variant == "rows-apart"

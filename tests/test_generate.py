@@ -59,7 +59,7 @@ def models(request, llm_dir) -> tuple[SpeechLlama, SpeechLM]:
 def make_requests(n: int, seed: int = 0) -> list[LmRequest]:
     """Mixed tasks: 1..3 pieces of 1..4 text ids, prompts of different lengths."""
     rng = random.Random(seed)
-    ids = lambda k: [rng.randrange(1, 90) for _ in range(k)]  # noqa: E731
+    ids = lambda k: [rng.randrange(1, 90) for _ in range(k)]
     return [
         LmRequest(
             pieces_text_ids=[ids(rng.randint(1, 4)) for _ in range(rng.randint(1, 3))],
@@ -72,7 +72,7 @@ def make_requests(n: int, seed: int = 0) -> list[LmRequest]:
     ]
 
 
-def alone(lm: SpeechLlama, request: LmRequest, options: GenerationOptions = GenerationOptions()):
+def alone(lm: SpeechLlama, request: LmRequest, options: GenerationOptions | None = None):
     return generate_many(lm, [request], SPECIAL, options, max_batch=1)[0]
 
 

@@ -104,11 +104,12 @@ class DecodingTask:
     On CUDA decode steps replay CUDA graphs (`CudaGraphDecoder`); CPU never touches them.
     """
 
-    def __init__(self, lm: SpeechLlama, special, options: GenerationOptions = GenerationOptions(), *,
+    def __init__(self, lm: SpeechLlama, special, options: GenerationOptions | None = None, *,
                  max_batch: int = 16, max_seq: int = 1024, cuda_graphs: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.lm, self.special, self.options, self.max_batch = lm, special, options, max_batch
+        self.lm, self.special, self.max_batch = lm, special, max_batch
+        self.options = options or GenerationOptions()
         self.stop_index = special.ate - special.ats + 1  # eoa's column in candidate_logits
         use_graphs = cuda_graphs and lm.device.type == "cuda"
         slots = CudaGraphDecoder.bucket(max_batch - 1) if use_graphs else max_batch  # a graph spans its bucket
@@ -229,7 +230,7 @@ class DecodingTask:
 
 
 def generate_many(
-    lm: SpeechLlama, requests: Sequence[LmRequest], special, options: GenerationOptions = GenerationOptions(), **kw
+    lm: SpeechLlama, requests: Sequence[LmRequest], special, options: GenerationOptions | None = None, **kw
 ) -> list[LmResult]:
     """One call for the engine: every request's pieces, batched in flight."""
     return DecodingTask(lm, special, options, **kw).run(requests)

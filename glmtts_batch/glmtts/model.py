@@ -17,10 +17,20 @@ Two attention modes, because CPU and GPU want different things:
   inside SDPA and so the rounding. The projections run once for all rows: on the CPU a
   matrix product's rows are independent of the other rows once it has enough rows
   (measured with MKL: from 4 rows on one thread, from 12 on two; 1..3 rows take other
-  kernels), so decode pads its rows to `MIN_GEMM_ROWS`. Result: a row's numbers never
-  depend on its batch-mates, their number, lengths or order.
+  kernels), so rows are padded to `min_rows`. Result: a row's numbers never depend on
+  its batch-mates, their number, lengths or order.
 - static (`decode_static`): all slots `[0, S)` at once with a padding mask over the whole
   cache: fixed shapes, so a decode step can be captured as a CUDA graph.
+
+Three ways to run the CPU projections, all batch-invariant:
+
+- default: `F.linear` (MKL) on >= 16 rows. Slow: MKL repacks the weight per call.
+- `pack_for_cpu()`: oneDNN with weights packed once, >= 2 rows. The CPU speed setting
+  (about 7x the tokens/s of today's batch-1 path at 8-16 rows, bench/RESULTS.md).
+- `rows_apart = True`: every row its own batch-1 step, i.e. matrix-vector products in
+  decode, exactly what today's transformers path computes: bit-identical tokens, no
+  batching gain. A matrix-vector product rounds differently from any matrix-matrix
+  product (different summation order), so no batched kernel can equal today's numbers.
 """
 
 from __future__ import annotations
@@ -262,7 +272,7 @@ class SpeechLlama(nn.Module):
         c = self.config
         shape = (max_slots, c.num_key_value_heads, max_seq, c.head_dim)
         for block in self.model.layers:
-            z = lambda: torch.zeros(shape, dtype=self.dtype, device=self.device)  # noqa: E731
+            z = lambda: torch.zeros(shape, dtype=self.dtype, device=self.device)
             block.self_attn.cache = KVCache(z(), z())
         self.max_slots, self.max_seq = max_slots, max_seq
         d = c.head_dim  # transformers' default RoPE frequencies, same expression
