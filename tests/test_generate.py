@@ -159,8 +159,13 @@ def test_freed_slots_take_the_next_piece_while_others_decode(models, monkeypatch
     prefill, decode = new.prefill, new.decode
     monkeypatch.setattr(new, "prefill", lambda rows, slots: calls.append(("prefill", list(slots))) or prefill(rows, slots))
     monkeypatch.setattr(new, "decode", lambda ids, slots, pos: calls.append(("decode", list(slots))) or decode(ids, slots, pos))
-    results = generate_many(new, make_requests(8, seed=3), SPECIAL, max_batch=3)
+    task = DecodingTask(new, SPECIAL, max_batch=3)
+    results = task.run(make_requests(8, seed=3))
     assert all(r.tokens for r in results)
+    counters = task.counters
+    assert counters.host_syncs == counters.decode_steps + counters.prefills  # one read-back per step
+    assert counters.prefilled_rows == sum(len(r.tokens) for r in results) and counters.max_live_rows == 3
+    assert counters.tokens == sum(len(t) for r in results for t in r.tokens)
     assert max(len(slots) for _, slots in calls) == 3 and all(0 <= s < 3 for _, slots in calls for s in slots)
     mid_flight = [
         k for k in range(1, len(calls) - 1)

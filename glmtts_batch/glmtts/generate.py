@@ -62,6 +62,18 @@ class LmResult:
 
 
 @dataclass
+class DecodingCounters:
+    """What one `DecodingTask.run` did (for benchmarks and tests)."""
+
+    decode_steps: int = 0
+    prefills: int = 0  # prefill calls; each admits one or more rows
+    prefilled_rows: int = 0
+    host_syncs: int = 0  # explicit read-backs: one per prefill and one per decode step
+    max_live_rows: int = 0
+    tokens: int = 0
+
+
+@dataclass
 class _Task:
     request: LmRequest
     history: list[PromptHistoryEntry]
@@ -116,16 +128,20 @@ class DecodingTask:
         if lm.max_slots < slots or lm.max_seq < max_seq:
             lm.setup_cache(max(slots, lm.max_slots), max(max_seq, lm.max_seq))
         self.graphs = CudaGraphDecoder(lm) if use_graphs else None
+        self.counters = DecodingCounters()
 
     @torch.inference_mode()
     def run(self, requests: Sequence[LmRequest]) -> list[LmResult]:
         tasks = [_Task(r, [PromptHistoryEntry(tuple(r.prompt_text_ids), tuple(r.prompt_speech_tokens))]) for r in requests]
         rows: dict[int, _Row] = {}  # slot -> row
+        self.counters = DecodingCounters()
         while True:
             self._admit(tasks, rows)
             if not rows:
                 return [t.result for t in tasks]
             live = [rows[s] for s in sorted(rows)]
+            self.counters.decode_steps += 1
+            self.counters.max_live_rows = max(self.counters.max_live_rows, len(live))
             self._sample(live, self._decode(live), rows)
 
     # ------------------------------------------------------------------ admission
@@ -143,6 +159,8 @@ class DecodingTask:
         if started:
             for row, _ in started:
                 rows[row.slot] = row
+            self.counters.prefills += 1
+            self.counters.prefilled_rows += len(started)
             hidden = self.lm.prefill([ids for _, ids in started], [row.slot for row, _ in started])  # (R, D)
             self._sample([row for row, _ in started], hidden, rows)
 
@@ -190,6 +208,7 @@ class DecodingTask:
         scores = self.lm.candidate_logits(hidden, s.ats, s.ate, s.eoa)  # (n, V') float32
         drawn = [self._draw(row, scores[k : k + 1]) for k, row in enumerate(live)]  # (1,) + (1,) each
         values = torch.stack([torch.cat(d) for d in drawn]).tolist()  # the step's one host sync
+        self.counters.host_syncs += 1
         for row, (token, fell_back), (token_t, _) in zip(live, values, drawn):
             row.fallbacks += fell_back
             if row.step >= row.min_len and token == self.stop_index:
@@ -198,6 +217,7 @@ class DecodingTask:
                 continue
             row.out[:, row.step] = token_t
             row.step = row.n_out = row.step + 1
+            self.counters.tokens += 1
             if row.step == row.steps:
                 self._finish(row, rows)
 
