@@ -211,3 +211,20 @@ def test_cuda_graphs_are_never_built_on_the_cpu(llm_dir):
     with pytest.raises(ValueError, match="CUDA"):
         CudaGraphDecoder(lm)
     assert [CudaGraphDecoder.bucket(s) for s in (0, 1, 2, 3, 4, 100, 600)] == [1, 2, 4, 4, 8, 128, 601]
+
+
+def test_a_task_with_bad_input_fails_alone(models):
+    new, _ = models
+    requests = make_requests(4, seed=8)
+    bad = LmRequest([[10, 11], [12]], [1], [3, 999], seed=1)  # 999: outside the 256 audio tokens
+    results = generate_many(new, [requests[0], bad, *requests[1:]], SPECIAL, max_batch=2)
+    assert isinstance(results[1].error, ValueError) and "prompt speech tokens" in str(results[1].error)
+    assert results[1].tokens == []
+    others = [results[0], *results[2:]]
+    assert all(r.error is None for r in others)
+    assert [r.tokens for r in others] == [alone(new, r).tokens for r in requests]
+
+
+def test_special_ids_are_checked_against_the_vocabulary(llm_dir):
+    with pytest.raises(ValueError, match="eoa"):
+        DecodingTask(SpeechLlama.load(llm_dir), Special(eoa=200))

@@ -39,6 +39,9 @@ from glmtts_batch.glmtts.llm import (
     flatten_prompt_history,
     prune_prompt_history,
 )
+from glmtts_batch.glmtts.llm import (
+    _check_special as check_special,  # to be made public on merge
+)
 from glmtts_batch.glmtts.model import SpeechLlama
 from glmtts_batch.glmtts.sampling import ras_sample, topk_sample
 
@@ -59,6 +62,7 @@ class LmRequest:
 class LmResult:
     tokens: list[list[int]] = field(default_factory=list)  # per piece, offsets from ats
     stats: list[GenerationStats] = field(default_factory=list)  # per piece; seconds = wall time in flight
+    error: ValueError | None = None  # bad input (e.g. a prompt token out of range): only this task stops
 
 
 @dataclass
@@ -102,7 +106,6 @@ class _Row:
     n_out: int = 0
     fallbacks: int = 0
     stop_reason: Literal["eoa", "max_len", "forced"] = "max_len"
-    done: bool = False
 
     @property
     def next_position(self) -> int:
@@ -120,6 +123,7 @@ class DecodingTask:
                  max_batch: int = 16, max_seq: int = 1024, cuda_graphs: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        check_special(special, lm.config.vocab_size)
         self.lm, self.special, self.max_batch = lm, special, max_batch
         self.options = options or GenerationOptions()
         self.stop_index = special.ate - special.ats + 1  # eoa's column in candidate_logits
@@ -152,7 +156,13 @@ class DecodingTask:
         started: list[tuple[_Row, list[int]]] = []
         for task in tasks:
             while free and task.waiting:
-                begun = self._start_piece(task, free[0])
+                try:
+                    begun = self._start_piece(task, free[0])
+                except ValueError as exc:  # this task's input; its batch-mates go on
+                    task.result.error = exc
+                    task.next_piece = len(task.request.pieces_text_ids)
+                    task.running = False
+                    break
                 if begun is not None:
                     started.append(begun)
                     free.pop(0)
