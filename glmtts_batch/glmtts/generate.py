@@ -15,9 +15,16 @@ Why a task's tokens never depend on its batch-mates (CPU, fp32):
   `generate_long` re-seeds), and samples with the same calls on a (1, V) row as a batch-1
   run, so nobody else's draws shift its random stream;
 - the model computes each row's numbers independently of the other rows (see
-  `model.py`: exact per-row attention, projections always on >= `MIN_GEMM_ROWS` rows).
+  `model.py`: exact per-row attention, projections always on >= `min_rows` rows, or
+  each row apart).
 
-Host syncs: one read-back of the sampled tokens (B ints) per step.
+Host syncs: one read-back of the sampled tokens (B ints) per step (`DecodingCounters`).
+
+On CUDA, decode steps replay CUDA graphs of `decode_static` per bucket of slots (masked
+attention over the whole cache, one product for the bucket's rows: equal to the CPU path
+within float tolerance, not bit for bit, and cuBLAS may round differently per bucket
+size). Sampling stays per row from each row's generator (B small launches per step); a
+vectorised sampler with counter-based per-row noise would be faster at large B.
 """
 
 from __future__ import annotations
