@@ -280,7 +280,7 @@ def build_input_ids(
     return [*prompt_text_ids, *text_ids, special.boa, *(t + special.ats for t in prompt_speech_tokens)]
 
 
-def _check_special(special: SpecialTokens, vocab_size: int) -> None:
+def check_special(special: SpecialTokens, vocab_size: int) -> None:
     problems = []
     if not 0 <= special.ats <= special.ate < vocab_size:
         problems.append(f"audio range [{special.ats}, {special.ate}] not inside the vocabulary ({vocab_size})")
@@ -397,7 +397,7 @@ class SpeechLM(nn.Module):
         options: GenerationOptions = GenerationOptions(),
     ) -> tuple[list[int], GenerationStats]:
         """Speech tokens (offsets from ats) for one text, and how the generation went."""
-        _check_special(special, self.config.vocab_size)
+        check_special(special, self.config.vocab_size)
         ids = build_input_ids(text_ids, prompt_text_ids, prompt_speech_tokens, special)
         device = self.device
         stop_index = special.ate - special.ats + 1  # eoa's column in candidate_logits
