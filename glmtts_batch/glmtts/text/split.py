@@ -111,21 +111,34 @@ def _min_sentences(units: list[str], min_len: int, length: LengthCounter) -> lis
 
 def _hard_cut(sentence: list[str], max_len: int, length: LengthCounter) -> list[list[str]]:
     pieces: list[list[str]] = []
-    while length(sentence) > max_len:
-        if len(sentence) > max_len:
-            cut = max_len + 1 if _is_punct(sentence[max_len]) else max_len
+    start = 0
+    while _longer_than(sentence, start, max_len, length):
+        if len(sentence) - start > max_len:
+            cut = max_len + 1 if _is_punct(sentence[start + max_len]) else max_len
         else:
             # Upstream raises here; keep the longest prefix within the limit (at least one unit).
             cut, total = 0, 0.0
-            while cut < len(sentence) and total + length.unit(sentence[cut]) <= max_len:
-                total += length.unit(sentence[cut])
+            while start + cut < len(sentence) and total + length.unit(sentence[start + cut]) <= max_len:
+                total += length.unit(sentence[start + cut])
                 cut += 1
             cut = max(cut, 1)
-        pieces.append(sentence[:cut])
-        sentence = sentence[cut:]
-    if sentence:
-        pieces.append(sentence)
+        pieces.append(sentence[start : start + cut])
+        start += cut
+    if start < len(sentence):
+        pieces.append(sentence[start:])
     return pieces
+
+
+def _longer_than(sentence: list[str], start: int, max_len: int, length: LengthCounter) -> bool:
+    """Whether the units from `start` on are longer than `max_len`, as upstream's fresh sum says.
+
+    Every unit counts at least one syllable (0.7), so past `max_len / 0.7` units the answer is
+    yes without summing; only the last few pieces of a sentence are summed, which keeps a long
+    sentence linear (summing the rest on every cut made a 200k-unit sentence quadratic)."""
+    remaining = len(sentence) - start
+    if remaining > max_len / EN_SYLLABLE_WEIGHT + 1:
+        return True
+    return length(sentence[start:]) > max_len
 
 
 def split_by_len(
