@@ -59,7 +59,6 @@ import unicodedata
 from dataclasses import dataclass
 
 import emoji
-import inflect
 
 from glmtts_batch.glmtts.text import tn_graphs
 
@@ -221,7 +220,7 @@ class TextNormalizer:
             self._zh, self._en = _wetext_grammars()
         self.grammars = grammars
         self.chunk_chars = chunk_chars
-        self._inflect = inflect.engine()
+        self._inflect_engine = None  # built on first use: importing inflect takes about 2 s
         self._replacements = dict(REPLACEMENTS if replacements is None else replacements)
 
     def normalize(self, text: str) -> str:
@@ -277,19 +276,31 @@ class TextNormalizer:
         text = re.sub(r"\s*([.,?!':;])\s*", r"\1 ", text)
         return text.strip()
 
+    @property
+    def _inflect(self):  # noqa: ANN202 (inflect.engine, imported lazily)
+        if self._inflect_engine is None:
+            import inflect
+
+            self._inflect_engine = inflect.engine()
+        return self._inflect_engine
+
     def _quantity_words(self, digits: str) -> str:
+        from inflect import NumOutOfRangeError
+
         try:
             words = self._inflect.number_to_words(digits, comma="")
-        except inflect.NumOutOfRangeError:
+        except NumOutOfRangeError:
             return self._number_words(digits)
         return words.replace("-", " ")
 
     def _number_words(self, digits: str) -> str:
         """Digits the grammar left, spelled as upstream does (inflect's hyphens are dropped later)."""
+        from inflect import NumOutOfRangeError
+
         digits = "".join(str(unicodedata.digit(d)) for d in digits)  # any script's decimal digits
         try:
             return self._inflect.number_to_words(digits)
-        except inflect.NumOutOfRangeError:
+        except NumOutOfRangeError:
             return " ".join(self._inflect.number_to_words(d) for d in digits)
 
 
