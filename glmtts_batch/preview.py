@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from .errors import RunError
 from .glmtts.text.frontend import normalize_and_split
@@ -43,7 +42,7 @@ class PreviewError:
     message: str  # names the line (and the field, for a task line)
 
 
-PreviewItem = Union[TextPreview, PreviewError]
+PreviewItem = TextPreview | PreviewError
 
 
 class TextPreviewer:

@@ -65,7 +65,9 @@ def test_phoneme_mode_over_the_whole_corpus_from_a_task_file(golden_dir: Path, t
     cases = _corpus(golden_dir)
     task_file = tmp_path / "tasks.jsonl"
     task_file.write_text(
-        "".join(json.dumps({"input_text": c["text"], "output_name": c["id"]}, ensure_ascii=False) + "\n" for c in cases),
+        "".join(
+            json.dumps({"input_text": c["text"], "output_name": c["id"]}, ensure_ascii=False) + "\n" for c in cases
+        ),
         encoding="utf-8",
     )
     result = CliRunner().invoke(main, ["normalize", "--tasks", str(task_file), "--json", "--phoneme"])
@@ -98,7 +100,11 @@ def test_reads_standard_input_by_default_and_with_dash() -> None:
     for args in (["normalize"], ["normalize", "-"]):
         result = CliRunner().invoke(main, [*args, "--json"], input="你好，世界\n")
         assert result.exit_code == 0
-        assert json.loads(result.stdout) == {"input": "你好，世界", "normalized": "你好，世界。", "pieces": ["你好，世界。"]}
+        assert json.loads(result.stdout) == {
+            "input": "你好，世界",
+            "normalized": "你好，世界。",
+            "pieces": ["你好，世界。"],
+        }
 
 
 def test_phoneme_dict_is_used(tmp_path: Path) -> None:
@@ -158,8 +164,13 @@ def test_command_runs_as_a_process_without_importing_torch() -> None:
         "try:\n    main()\nexcept SystemExit:\n    assert 'torch' not in sys.modules, 'torch was imported'\n    raise\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", probe], input="今天是2024年1月1日。\n", capture_output=True, text=True, env=env,
-        timeout=120, check=False,
+        [sys.executable, "-c", probe],
+        input="今天是2024年1月1日。\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["normalized"] == "今天是二零二四年一月一日。"

@@ -141,9 +141,7 @@ def _longer_than(sentence: list[str], start: int, max_len: int, length: LengthCo
     return length(sentence[start:]) > max_len
 
 
-def split_by_len(
-    text: str, min_len: int = 30, max_len: int = 60, *, length: LengthCounter | None = None
-) -> list[str]:
+def split_by_len(text: str, min_len: int = 30, max_len: int = 60, *, length: LengthCounter | None = None) -> list[str]:
     """Cut `text` into pieces of about `min_len`..`max_len` Chinese-character equivalents."""
     length = length or LengthCounter()
     pieces: list[str] = []
