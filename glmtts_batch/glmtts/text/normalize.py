@@ -46,6 +46,8 @@ not say it). Each is listed in `KNOWN_DIFFERENCES` below with an example, and te
   inflect as "zero" ("mczero"); we read "squared" and "cubed".
 * English digit tilde digit (`1~6`): upstream glues "approximately" to the next number
   ("one approximatelysix"); we read "one to six".
+* English words cut by the measure rule (`3*4 first` -> "four f irst", a piece's "per hour"
+  -> "per h our"): the word is put back together (`tn_graphs.rejoin_split_words`).
 * English numbers with four or more thousands separators (`9,007,199,254,740,991`): upstream
   glues digit words ("nine zero zero sevenone nine ninetwo..."); we read the number.
 * Scientific notation in Chinese reads its numbers with a plain Chinese number reader;
@@ -134,6 +136,14 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "work in groups of one approximatelysix people.",
         "work in groups of one to six people.",
         "upstream glues 'approximately' to the next number word",
+    ),
+    KnownDifference(
+        "en-unit-letters-of-a-word",
+        r"(?i)\d\s*\*\s*\d+\s+f|\bmph\b|\bper hour\b",
+        "Compute 3*4 first.",
+        "compute three times four f irst.",
+        "compute three times four first.",
+        "1.0.3's measure rule takes a word's first letters as a unit (also 'per h our' in a piece)",
     ),
     KnownDifference(
         "en-long-grouped-number",

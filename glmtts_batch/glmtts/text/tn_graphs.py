@@ -149,14 +149,48 @@ class ChineseGrammar:
 class EnglishGrammar:
     """1.0.3's English TN grammar, tagger and verbalizer as shipped."""
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, *, rejoin_split_words: bool = True) -> None:
         folder = folder or graph_dir()
         self._tagger = _Graph(folder / "en_tn_tagger.fst")
         self._verbalizer = _Graph(folder / "en_tn_verbalizer.fst")
+        self._rejoin = rejoin_split_words
 
     def normalize(self, text: str) -> str:
-        tagged = self._tagger(text) if text else ""
-        tokens = parse_tokens(tagged)
+        tokens = parse_tokens(self._tagger(text)) if text else []
         if not tokens:
             return ""
-        return self._verbalizer(_serialize(_reorder(tokens, _EN_ORDERS)))
+        plain = self._verbalizer(_serialize(_reorder(tokens, _EN_ORDERS)))
+        if self._rejoin:
+            rejoined = rejoin_split_words(tokens, text)
+            if rejoined != tokens:
+                return self._verbalizer(_serialize(_reorder(rejoined, _EN_ORDERS))) or plain
+        return plain
+
+
+def rejoin_split_words(tokens: list[Token], source: str) -> list[Token]:
+    """Undo 1.0.3's English measure rule taking a word's first letters as a unit.
+
+    `4 first` is tagged as 4 with unit `F` followed by the word `irst` ("four f irst"), and a
+    piece ending in `per hour` as unit `per H` and word `our`. Where the unit's last word
+    and the next word make a word of the source text, the number stays a number and the word
+    is whole again."""
+    out: list[Token] = []
+    i = 0
+    while i < len(tokens):
+        name, fields = tokens[i]
+        values = dict(fields)
+        if name == "measure" and i + 1 < len(tokens) and tokens[i + 1][0] == "w" and "units" in values:
+            head, _, last = values["units"].rpartition(" ")
+            word = last + dict(tokens[i + 1][1]).get("v", "")
+            match = re.search(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", source, re.IGNORECASE)
+            if last.isalpha() and last.isupper() and match:
+                number = [(k, v) for k, v in fields if k != "units"]
+                if all(re.fullmatch(r"[a-z ]*", v) for k, v in number if k != "negative"):
+                    out.append(("decimal" if "integer_part" in values else "cardinal", number))
+                out.extend(("w", [("v", w)]) for w in head.split())
+                out.append(("w", [("v", match.group())]))
+                i += 2
+                continue
+        out.append(tokens[i])
+        i += 1
+    return out
