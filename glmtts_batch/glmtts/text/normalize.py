@@ -59,6 +59,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Protocol
 
 import emoji
 
@@ -314,7 +315,7 @@ class TextNormalizer:
             return " ".join(self._inflect.number_to_words(d) for d in digits)
 
 
-class _Grammar:  # the interface both grammar sets offer
+class _Grammar(Protocol):  # what both grammar sets offer
     def normalize(self, text: str) -> str: ...
 
 
