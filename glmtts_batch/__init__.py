@@ -9,6 +9,7 @@ from .errors import (  # noqa: E402
     CheckpointError,
     EngineLoadError,
     GlmttsBatchError,
+    GraphsUnavailable,
     InvalidTaskError,
     LockedError,
     PhonemeDictError,
@@ -22,9 +23,24 @@ from .manifest import Record, Summary  # noqa: E402
 from .tasks import InvalidLine, Task, iter_task_dicts, iter_task_file  # noqa: E402
 from .writers import AudioWriter, WavWriter  # noqa: E402
 
+_PREVIEW_NAMES = ("PreviewError", "TextPreview", "TextPreviewer")
+
+
+def __getattr__(name: str):  # noqa: ANN202 (PEP 562)
+    # The preview API loads the text grammars; import it only when asked for.
+    if name in _PREVIEW_NAMES:
+        from . import preview
+
+        return getattr(preview, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AudioWriter",
     "BodyTooLarge",
+    "PreviewError",
+    "TextPreview",
+    "TextPreviewer",
     "CheckReport",
     "CheckpointError",
     "Engine",
@@ -32,6 +48,7 @@ __all__ = [
     "EngineLoadError",
     "EngineOptions",
     "GlmttsBatchError",
+    "GraphsUnavailable",
     "InvalidLine",
     "InvalidTaskError",
     "LineProblem",

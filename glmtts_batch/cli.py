@@ -14,7 +14,7 @@ from click.core import ParameterSource
 from . import __version__
 from .api import check_tasks, run_batch
 from .engines.base import EngineOptions
-from .errors import EXIT_SIGNAL, GlmttsBatchError, RunError
+from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, GlmttsBatchError, RunError
 from .glmtts.checkpoint_writers import PRESETS
 from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
 from .log import PREFIX, log_to_stderr
@@ -179,6 +179,42 @@ def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
 
     path = build_random_checkpoint(out_dir, preset, seed=seed, log=log_to_stderr)
     click.echo(str(path))
+
+
+@main.command()
+@click.argument("text_file", required=False, type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
+@click.option("--tasks", "task_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Preview the input_text of every line of this task file instead.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
+@click.option("--phoneme", is_flag=True, help="Also show each piece in phoneme mode.")
+@click.option("--phoneme-dict", type=_existing_file, help="JSONL word -> pinyin overrides (implies --phoneme).")
+def normalize(text_file: Path | None, task_file: Path | None, as_json: bool, phoneme: bool,
+              phoneme_dict: Path | None) -> None:
+    """Show how each line of TEXT_FILE (default: standard input) will be read: the normalised
+    text and the pieces it is spoken in. Loads no model. Exit 1 if a line could not be read."""
+    import json
+
+    from .preview import PreviewError, TextPreviewer
+
+    if text_file is not None and task_file is not None:
+        raise click.UsageError("give TEXT_FILE or --tasks FILE, not both")
+    failed = False
+    previewer = TextPreviewer(phoneme=phoneme, phoneme_dict=phoneme_dict)
+    source = text_file if text_file is not None else Path("-")
+    items = previewer.preview_task_file(task_file) if task_file else previewer.preview_text_file(source)
+    for item in items:
+        if isinstance(item, PreviewError):
+            failed = True
+            click.echo(f"glmtts-batch: {item.message}", err=True)
+        elif as_json:
+            click.echo(json.dumps(item.to_json(), ensure_ascii=False))
+        else:
+            click.echo(f"line {item.line}: {item.input}\n  normalized: {item.normalized}")
+            for i, piece in enumerate(item.pieces, start=1):
+                click.echo(f"  piece {i}: {piece}")
+                if item.phonemes is not None:
+                    click.echo(f"  phonemes {i}: {item.phonemes[i - 1]}")
+    sys.exit(EXIT_TASKS_FAILED if failed else EXIT_OK)
 
 
 # serve ------------------------------------------------------------------------------------

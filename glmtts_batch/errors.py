@@ -90,3 +90,7 @@ class BodyTooLarge(RequestRejected):
     def __init__(self, body: dict[str, object]) -> None:
         super().__init__(413, str(body["error"]))
         self.body = body
+
+
+class GraphsUnavailable(EngineLoadError):
+    """WeTextProcessing 1.0.3's compiled text-normalisation graphs are not installed."""

@@ -27,7 +27,6 @@ from glmtts_batch import __version__
 from glmtts_batch.engines.base import SynthesisRequest
 from glmtts_batch.errors import TaskError
 from glmtts_batch.manifest import MANIFEST_NAME, SUMMARY_NAME
-from glmtts_batch.writers import WavWriter
 from glmtts_batch.runner import is_out_of_memory
 from glmtts_batch.server.config import ServeConfig
 from glmtts_batch.server.engine_host import EngineHost, gpu_memory
@@ -46,6 +45,7 @@ from glmtts_batch.server.store import ZIP_NAME, Store, is_id, new_id
 from glmtts_batch.server.voices import VoiceStore
 from glmtts_batch.server.worker import Worker
 from glmtts_batch.tasks import MAX_SEED, check_output_name, check_string
+from glmtts_batch.writers import WavWriter
 
 Log = Callable[[str], None]
 SPEECH_MEDIA = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm"}

@@ -18,6 +18,15 @@ MIN_PIECE_LEN = 30
 MAX_PIECE_LEN = 60
 
 
+def normalize_and_split(
+    text: str, normalizer: TextNormalizer, length: LengthCounter | None = None
+) -> tuple[str, list[str]]:
+    """The text as upstream normalises it, and the pieces it is spoken in (each normalised again)."""
+    normalized = normalizer.normalize(text)
+    pieces = [normalizer.normalize(p) for p in split_by_len(normalized, MIN_PIECE_LEN, MAX_PIECE_LEN, length=length)]
+    return normalized, pieces
+
+
 class TextFrontend:
     def __init__(
         self,
@@ -38,11 +47,7 @@ class TextFrontend:
         return self.tokenizer.encode(self.normalize(prompt_text) + " ")
 
     def pieces(self, text: str, *, phoneme: bool = False) -> list[str]:
-        normalized = self.normalize(text)
-        pieces = [
-            self.normalize(piece)
-            for piece in split_by_len(normalized, MIN_PIECE_LEN, MAX_PIECE_LEN, length=self._length)
-        ]
+        _, pieces = normalize_and_split(text, self._normalizer, self._length)
         if phoneme:
             pieces = [to_phoneme_text(piece, self.phoneme_dict) for piece in pieces]
         return pieces

@@ -8,50 +8,154 @@ Steps (same order as upstream):
 2. Text with a Chinese character goes the Chinese way, else the English way:
    * Chinese: scientific notation (`3.5×10^8` -> 三点五乘十的八次方), `-` between digits ->
      减 and other `-` dropped, 咯 before punctuation -> 喽, the replacement rules
-     (噢 -> 哦, 欸 -> 诶); WeTextProcessing's Chinese TN grammar; backslashes dropped,
-     standalone 额 -> 呃, tildes -> 。, `*` -> 乘 between numbers; brackets and quotes
-     dropped, Chinese clause punctuation unified to `，` and `。`, superscripts, `/`, `~`,
-     circled numbers, Greek letters and maths symbols spelled out; lower-cased.
-   * English: WeTextProcessing's English TN grammar, brackets dropped, `*` -> multiply,
-     digits left over spelled out (inflect), punctuation other than `.,!?':;` dropped,
-     lower-cased, runs of one mark collapsed, one space after each mark.
+     (噢 -> 哦, 欸 -> 诶); the Chinese TN grammar; backslashes dropped, standalone 额 -> 呃,
+     tildes -> 。, `*` -> 乘 between numbers; brackets and quotes dropped, Chinese clause
+     punctuation unified to `，` and `。`, superscripts, `/`, `~`, circled numbers, Greek
+     letters and maths symbols spelled out; lower-cased.
+   * English: the English TN grammar, brackets dropped, `*` -> multiply, digits left over
+     spelled out (inflect), punctuation other than `.,!?':;` dropped, lower-cased, runs of
+     one mark collapsed, one space after each mark.
 3. Runs of clause punctuation collapse to their last mark, `#` is dropped, `！`/`!` -> `。`/`.`.
 4. The text ends with `。` (Chinese) or `.` (English) unless it ends with a question mark.
 
-The grammars come from `wetext` (the maintained kaldifst runtime of WeTextProcessing's
-FSTs). Upstream pins WeTextProcessing 1.0.3, whose grammar differs from wetext's in ways
-two small rules put back:
+Grammars. Upstream runs WeTextProcessing 1.0.3. We run 1.0.3's own compiled graphs with
+kaldifst (`tn_graphs`), which reproduces upstream's readings exactly, quirks included
+(`100册` -> 幺零零册, phone numbers digit by digit). The graphs come from the
+`WeTextProcessing==1.0.3` wheel, a dependency on Python < 3.12 (its pinned pynini 2.1.5 has no
+newer wheels; pynini is installed with it but never imported). Where it is not installed,
+the maintained `wetext` graphs are used instead (`grammars="wetext"`); they read many inputs
+differently from upstream (two small rules, `_two_as_liang` and the operator spelling, put
+the commonest differences back).
 
-* 1.0.3 says 两 for a leading 2 before 百/千/万 anywhere inside a number (1299 ->
-  一千两百九十九); wetext only at the start of the number (一千二百九十九). We apply it to
-  number readings the grammar produced (not to Chinese numerals already in the input).
-  1.0.3 also rewrites 十二万 to 十两万; we do not copy that mistake (2 after 十 is not a
-  leading digit).
-* 1.0.3 reads a standalone `+` and `=` (and `×`, `÷`, `≥`, `≤`) as 加, 等于, 乘, 除,
-  大于等于, 小于等于 even between letters (α+β -> 阿尔法加贝塔); wetext only between numbers.
-  wetext also skips its grammar for Chinese text without digits, which 1.0.3 does not; so
-  these operators are spelled out after the grammar ran, whether or not it did.
+Never raises. Lone surrogates and NUL characters are dropped first (no grammar can read
+them); digits the grammar left are spelled out digit group by digit group, and a number too
+large for inflect is read digit by digit.
 
-Known differences that remain (the golden cases all match):
+Known differences from upstream (on purpose: upstream's reading is wrong, a narrator would
+not say it). Each is listed in `KNOWN_DIFFERENCES` below with an example, and tested:
 
-* Scientific notation reads its numbers with a plain Chinese number reader; upstream's own
-  reader garbles some (120000 -> 十万二万), ours says 十二万.
-* 1.0.3's whitelist rewrites a few tokens without digits (`M.V.P` -> `M V P`); wetext
-  does not run its grammar on Chinese text without digits, so such text keeps them.
+* Chinese numbers with two or more thousands separators (`1,400,000,000`): upstream reads
+  the groups one by one (一千四百，零零零，零零零); we read the number (十四亿).
+* Chinese runs of 9 or more digits before a unit (`123456789元`): upstream mixes a digit by
+  digit prefix with a quantity (幺二三四十五万六千七百八十九元); we read the whole run digit
+  by digit, as upstream reads every other run that long.
+* Chinese 十两万/十两亿 (`120000元`): 1.0.3 says 两 for every 2 before 万; after 十 it is 二.
+* English hyphen between a letter and a digit (`GPT-4`, `X-200`): upstream reads a minus
+  sign ("gpt negative four"); we read "gpt four".
+* English superscript ² and ³ the grammar left (`E = mc²`): upstream spells them through
+  inflect as "zero" ("mczero"); we read "squared" and "cubed".
+* English digit tilde digit (`1~6`): upstream glues "approximately" to the next number
+  ("one approximatelysix"); we read "one to six".
+* English words cut by the measure rule (`3*4 first` -> "four f irst", a piece's "per hour"
+  -> "per h our"): the word is put back together (`tn_graphs.rejoin_split_words`).
+* English numbers with four or more thousands separators (`9,007,199,254,740,991`): upstream
+  glues digit words ("nine zero zero sevenone nine ninetwo..."); we read the number.
+* Scientific notation in Chinese reads its numbers with a plain Chinese number reader;
+  upstream's own reader garbles some (120000 -> 十万二万), ours says 十二万.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Protocol
 
 import emoji
-import inflect
-from wetext import Normalizer
+
+from glmtts_batch.glmtts.text import tn_graphs
+
+GRAMMARS_UPSTREAM = f"wetextprocessing-{tn_graphs.WETEXTPROCESSING_VERSION}"
+GRAMMARS_WETEXT = "wetext"
+
+GRAMMAR_CHUNK_MAX = 1000  # longer texts reach the grammar in chunks: see grammar_chunks
+GRAMMAR_CHUNK_CHARS = 50
 
 # Clause punctuation upstream treats as sentence/clause boundaries.
 PUNCTUATION_CHARS = "。？！；：、.?!;:，,"
 
 REPLACEMENTS = {"噢": "哦", "欸": "诶"}  # interjection spellings the model reads better
+
+
+@dataclass(frozen=True)
+class KnownDifference:
+    """A reading where we deliberately differ from upstream."""
+
+    name: str
+    affects: str  # regex matching the inputs this rule can change
+    example: str
+    upstream: str  # upstream's normalised text for `example`
+    ours: str  # ours
+    why: str
+
+
+KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
+    KnownDifference(
+        "zh-grouped-number",
+        r"\d{1,3}(?:,\d{3}){2,}",
+        "全国人口约1,400,000,000人。",
+        "全国人口约一千四百，零零零，零零零人。",
+        "全国人口约十四亿人。",
+        "upstream reads each thousands group on its own",
+    ),
+    KnownDifference(
+        "zh-long-digit-run-before-unit",
+        r"\d{9,}",
+        "账户里有9698876728446元。",
+        "账户里有九六九八八七千六百七十两万八千四百四十六元。",
+        "账户里有九六九八八七六七二八四四六元。",
+        "upstream mixes a digit-by-digit prefix with a quantity; every other run this long it reads digit by digit",
+    ),
+    KnownDifference(
+        "zh-shi-liang",
+        r"\d{6}",
+        "花了120000元",
+        "花了十两万元。",
+        "花了十二万元。",
+        "1.0.3 says 两 for every 2 before 万, also after 十",
+    ),
+    KnownDifference(
+        "en-letter-hyphen-digit",
+        r"[A-Za-z]-\d",
+        "GPT-4 was released in 2023.",
+        "gpt negative four was released in twenty twenty three.",
+        "gpt four was released in twenty twenty three.",
+        "a hyphen after a letter is not a minus sign",
+    ),
+    KnownDifference(
+        "en-superscript",
+        r"[²³]",
+        "E = mc²",
+        "e equals mczero.",
+        "e equals mc squared.",
+        "upstream spells ² through inflect as 'zero'",
+    ),
+    KnownDifference(
+        "en-digit-tilde-digit",
+        r"\d\s*[~～]\s*\d",
+        "Work in groups of 1~6 people.",
+        "work in groups of one approximatelysix people.",
+        "work in groups of one to six people.",
+        "upstream glues 'approximately' to the next number word",
+    ),
+    KnownDifference(
+        "en-unit-letters-of-a-word",
+        r"(?i)\d\s*\*\s*\d+\s+f|\bmph\b|\bper hour\b",
+        "Compute 3*4 first.",
+        "compute three times four f irst.",
+        "compute three times four first.",
+        "1.0.3's measure rule takes a word's first letters as a unit (also 'per h our' in a piece)",
+    ),
+    KnownDifference(
+        "en-long-grouped-number",
+        r"\d{1,3}(?:,\d{3}){4,}",
+        "The maximum safe integer is 9,007,199,254,740,991.",
+        "the maximum safe integer is nine zero zero sevenone nine ninetwo five fourseven four zeronine nine one.",
+        "the maximum safe integer is nine quadrillion seven trillion one hundred and ninety nine billion two "
+        "hundred and fifty four million seven hundred and forty thousand nine hundred and ninety one.",
+        "upstream glues the digit words of numbers past the grammar's range",
+    ),
+)
 
 _CHINESE = re.compile(r"[\u4e00-\u9fff]")
 _CN_DIGITS = "零一二三四五六七八九"
@@ -78,7 +182,14 @@ _CIRCLED = {c: _CN_DIGITS[i + 1] if i < 9 else "十" for i, c in enumerate("①�
 _OPERATORS = {"+": "加", "=": "等于", "×": "乘", "÷": "除", "≥": "大于等于", "≤": "小于等于"}
 
 _NUMERAL_RUN = re.compile(r"[零一二两三四五六七八九十百千万亿点负]+")
-_LEADING_TWO = re.compile(r"(?<!十)二(?=[百千万])")
+
+
+_GROUPED_NUMBER = re.compile(r"(?<![\d,.])\d{1,3}(?:,\d{3}){2,}(?:\.\d+)?(?![\d,])")
+_LONG_GROUPED_NUMBER = re.compile(r"(?<![\d,.])\d{1,3}(?:,\d{3}){4,}(?![\d,]|\.\d)")
+_LONG_DIGIT_RUN = re.compile(r"(?<![\d.,])\d{9,}(?!\d|[.,]\d)")
+_DIGIT_BY_DIGIT = str.maketrans("0123456789", "零幺二三四五六七八九")  # as the grammar reads codes
+_PLAIN_DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
+_LEADING_TWO = re.compile(r"(?<!十)二(?=[百千万亿])")
 
 
 def contains_chinese(text: str) -> bool:
@@ -86,22 +197,45 @@ def contains_chinese(text: str) -> bool:
 
 
 class TextNormalizer:
-    """Upstream's text normalisation on wetext grammars. Build once, reuse for every text."""
+    """Upstream's text normalisation. Build once, reuse for every text.
 
-    def __init__(self, replacements: dict[str, str] | None = None) -> None:
-        self._zh = Normalizer(
-            lang="zh",
-            operator="tn",
-            traditional_to_simple=True,
-            full_to_half=True,
-            remove_interjections=False,
-            remove_erhua=False,
-        )
-        self._en = Normalizer(lang="en", operator="tn")
-        self._inflect = inflect.engine()
+    `grammars`: "auto" (WeTextProcessing 1.0.3's graphs when installed, else wetext's),
+    `GRAMMARS_UPSTREAM` or `GRAMMARS_WETEXT`. The one in use is in `self.grammars`.
+    `chunk_chars`: texts longer than this reach the grammar in sentence chunks
+    (`grammar_chunks`), which keeps time linear in the text length.
+    """
+
+    def __init__(
+        self,
+        replacements: dict[str, str] | None = None,
+        *,
+        grammars: str = "auto",
+        chunk_chars: int = GRAMMAR_CHUNK_MAX,
+    ) -> None:
+        if grammars not in ("auto", GRAMMARS_UPSTREAM, GRAMMARS_WETEXT):
+            raise ValueError(f"unknown grammars {grammars!r}")
+        self._zh: _Grammar
+        self._en: _Grammar
+        if grammars != GRAMMARS_WETEXT:
+            try:
+                folder = tn_graphs.graph_dir()
+            except tn_graphs.GraphsUnavailable:
+                if grammars == GRAMMARS_UPSTREAM:
+                    raise
+                grammars = GRAMMARS_WETEXT
+            else:
+                self._zh = tn_graphs.ChineseGrammar(folder)
+                self._en = tn_graphs.EnglishGrammar(folder)
+                grammars = GRAMMARS_UPSTREAM
+        if grammars == GRAMMARS_WETEXT:
+            self._zh, self._en = _wetext_grammars()
+        self.grammars = grammars
+        self.chunk_chars = chunk_chars
+        self._inflect_engine = None  # built on first use: importing inflect takes about 2 s
         self._replacements = dict(REPLACEMENTS if replacements is None else replacements)
 
     def normalize(self, text: str) -> str:
+        text = _sanitize(text)
         text = _preprocess(text)
         if contains_chinese(text):
             text = self._normalize_chinese(text).lower()
@@ -121,11 +255,16 @@ class TextNormalizer:
         text = re.sub(f"咯([{re.escape(PUNCTUATION_CHARS)}])", r"喽\1", text)
         for old, new in self._replacements.items():
             text = text.replace(old, new)
+        text = _GROUPED_NUMBER.sub(lambda m: _grouped_number_to_chinese(m.group()), text)
+        text = _LONG_DIGIT_RUN.sub(lambda m: m.group().translate(_DIGIT_BY_DIGIT), text)
         before = text
-        text = self._zh.normalize(text)
-        text = _two_as_liang(text, before)
-        for op, word in _OPERATORS.items():
-            text = text.replace(op, word)
+        text = _apply(self._zh, text, "zh", self.chunk_chars)
+        if "十两" not in before:  # 1.0.3 reads 120000 as 十两万
+            text = re.sub("十两(?=[万亿])", "十二", text)
+        if self.grammars == GRAMMARS_WETEXT:
+            text = _two_as_liang(text, before)
+            for op, word in _OPERATORS.items():
+                text = text.replace(op, word)
         text = _special_replace(text)
         return _post_replace(text)
 
@@ -133,16 +272,151 @@ class TextNormalizer:
 
     def _normalize_english(self, text: str) -> str:
         text = text.replace("'", "’")
-        text = self._en.normalize(text)
+        text = re.sub(r"(?<=[A-Za-z])-(?=\d)", " ", text)
+        text = re.sub(r"(?<=\d)\s*[~～]\s*(?=\d)", " to ", text)
+        text = _LONG_GROUPED_NUMBER.sub(lambda m: self._quantity_words(m.group().replace(",", "")), text)
+        text = _apply(self._en, text, "en", self.chunk_chars)
         text = _remove_brackets(text, english=True)
         text = _asterisk_to_multiply(text, english=True)
         text = text.replace("—", " ").replace("’", "'")
-        text = re.sub(r"\d+", lambda m: self._inflect.number_to_words(m.group()), text)
+        text = text.replace("²", " squared").replace("³", " cubed")
+        text = re.sub(r"\d+", lambda m: self._number_words(m.group()), text)
         text = re.sub(r"\s+", " ", text)
         text = re.sub(r"[^\w\s.,!?':;]", "", text).lower()
         text = re.sub(r"([.,!?':;])\1+", r"\1", text)
         text = re.sub(r"\s*([.,?!':;])\s*", r"\1 ", text)
         return text.strip()
+
+    @property
+    def _inflect(self):  # noqa: ANN202 (inflect.engine, imported lazily)
+        if self._inflect_engine is None:
+            import inflect
+
+            self._inflect_engine = inflect.engine()
+        return self._inflect_engine
+
+    def _quantity_words(self, digits: str) -> str:
+        from inflect import NumOutOfRangeError
+
+        try:
+            words = self._inflect.number_to_words(digits, comma="")
+        except NumOutOfRangeError:
+            return self._number_words(digits)
+        return words.replace("-", " ")
+
+    def _number_words(self, digits: str) -> str:
+        """Digits the grammar left, spelled as upstream does (inflect's hyphens are dropped later)."""
+        from inflect import NumOutOfRangeError
+
+        digits = "".join(str(unicodedata.digit(d)) for d in digits)  # any script's decimal digits
+        try:
+            return self._inflect.number_to_words(digits)
+        except NumOutOfRangeError:
+            return " ".join(self._inflect.number_to_words(d) for d in digits)
+
+
+class _Grammar(Protocol):  # what both grammar sets offer
+    def normalize(self, text: str) -> str: ...
+
+
+# Where a grammar call may be cut. Grammar time grows faster than the text (one call on 400
+# English characters takes 8x one on 100; a 20k-character text took 20 s), so long texts
+# reach the grammar in pieces. First choice: after a Chinese sentence mark (always its own
+# token) or an English sentence end followed by a capital; in a long stretch without
+# those, after a Chinese clause mark or an English comma before a word; in a stretch without
+# either, at a space or anywhere (only text no narrator writes gets there).
+_CHUNK_BOUNDARIES = {
+    "zh": (re.compile(r"(?<=[。！？；])(?=\S)"), re.compile(r"(?<=[，、：])(?=[\u4e00-\u9fff])")),
+    "en": (re.compile(r"(?<=[.!?]) +(?=[A-Z])"), re.compile(r"(?<=,) +(?=[A-Za-z])")),
+}
+
+
+def grammar_chunks(text: str, script: str, longest: int = GRAMMAR_CHUNK_MAX) -> list[str]:
+    """A text of at most `longest` characters is one chunk (upstream's single call, so exact
+    parity). A longer one is cut at sentence boundaries into chunks of at least
+    `GRAMMAR_CHUNK_CHARS` characters, none over `longest`. The grammar breaks ties between
+    equally weighted readings over the whole call, so a chunk can read a tie differently
+    from one call over the whole text (`$327` with or without "and")."""
+    if len(text) <= longest:
+        return [text]
+    sentence, clause = _CHUNK_BOUNDARIES[script]
+    size = min(GRAMMAR_CHUNK_CHARS, longest)
+    chunks: list[str] = []
+    for chunk in _cut(text, sentence, size):
+        if len(chunk) <= longest:
+            chunks.append(chunk)
+            continue
+        for part in _cut(chunk, clause, size):
+            chunks.extend(_cut_anywhere(part, longest) if len(part) > longest else [part])
+    return chunks
+
+
+def _cut(text: str, boundary: re.Pattern[str], size: int) -> list[str]:
+    chunks, start = [], 0
+    for match in boundary.finditer(text):
+        if match.start() - start >= size:
+            chunks.append(text[start : match.start()])
+            start = match.end()
+    chunks.append(text[start:])
+    return chunks
+
+
+def _cut_anywhere(text: str, size: int) -> list[str]:
+    chunks = []
+    while len(text) > size:
+        cut = text.rfind(" ", size // 2, size)
+        cut = cut if cut > 0 else size
+        chunks.append(text[:cut])
+        text = text[cut:]
+    return [*chunks, text]
+
+
+def _apply(grammar: _Grammar, text: str, script: str, chunk_chars: int) -> str:
+    """Run a TN grammar chunk by chunk; text it cannot read passes through unchanged."""
+    joiner = "" if script == "zh" else " "
+    return joiner.join(_apply_one(grammar, chunk) for chunk in grammar_chunks(text, script, chunk_chars))
+
+
+def _apply_one(grammar: _Grammar, text: str) -> str:
+    try:
+        return grammar.normalize(text)
+    except (ValueError, AssertionError, RuntimeError, IndexError, KeyError):
+        # Only wetext's token parser raises (on its own output for some texts); retry per
+        # space-separated chunk so one bad chunk does not leave the whole text unread.
+        chunks = []
+        for chunk in re.split(r"( +)", text):
+            try:
+                chunks.append(grammar.normalize(chunk) if chunk.strip() else chunk)
+            except (ValueError, AssertionError, RuntimeError, IndexError, KeyError):
+                chunks.append(chunk)
+        return "".join(chunks)
+
+
+def _wetext_grammars() -> tuple[_Grammar, _Grammar]:
+    from wetext import Normalizer
+
+    zh = Normalizer(
+        lang="zh",
+        operator="tn",
+        traditional_to_simple=True,
+        full_to_half=True,
+        remove_interjections=False,
+        remove_erhua=False,
+    )
+    return zh, Normalizer(lang="en", operator="tn")
+
+
+def _sanitize(text: str) -> str:
+    """Drop what no grammar can read: lone surrogates (not encodable) and NUL."""
+    return text.encode("utf-8", "ignore").decode("utf-8").replace("\x00", "")
+
+
+def _grouped_number_to_chinese(number: str) -> str:
+    integer, _, fraction = number.replace(",", "").partition(".")
+    words = _LEADING_TWO.sub("两", _number_to_chinese(integer))
+    if fraction:
+        words += "点" + fraction.translate(_PLAIN_DIGITS)
+    return words
 
 
 def _preprocess(text: str) -> str:

@@ -141,9 +141,7 @@ def _hard_cut(sentence: list[str], max_len: int, length: LengthCounter) -> list[
     return pieces
 
 
-def split_by_len(
-    text: str, min_len: int = 30, max_len: int = 60, *, length: LengthCounter | None = None
-) -> list[str]:
+def split_by_len(text: str, min_len: int = 30, max_len: int = 60, *, length: LengthCounter | None = None) -> list[str]:
     """Cut `text` into pieces of about `min_len`..`max_len` Chinese-character equivalents."""
     length = length or LengthCounter()
     pieces: list[str] = []
