@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -60,17 +61,24 @@ def run_batch(
     (default: 16-bit WAV; see `writers.AudioWriter`).
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
-    a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`).
+    a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`). A run that
+    has to stop as a whole first records what it did (manifest and summary.json for
+    the lines read so far), then raises: `TaskSourceError` (exit 2) when the task
+    iterable or file fails mid-run, `OutputWriteError` (exit 3) when the manifest,
+    summary or zip cannot be written; their `summary` attribute holds the `Summary`.
     """
     log = log or log_to_stderr
     _check_run_arguments(seed, max_failures)  # an engine name is checked by engines.select.load_engine
     source = _open_tasks(tasks, out_dir, base_dir, count_lines_for_progress=progress is not False)
     lock = OutputLock(source.out_dir)
-    owned_engine: Engine | None = None
-    try:
+    # Each clean-up runs even if an earlier one raises (a signal during engine.close()).
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(source.close)
+        cleanup.callback(lock.release)
         _prepare_out_dir(source.out_dir, lock)
         if isinstance(engine, str):
-            owned_engine = engine = _load_engine(engine, options, log)
+            engine = _load_engine(engine, options, log)
+            cleanup.callback(engine.close)
         _announce(engine, log)
         settings = RunSettings(
             out_dir=source.out_dir,
@@ -84,13 +92,9 @@ def run_batch(
             total_lines=source.total_lines,
             task_source=source.name,
             writer=writer,
+            line_count=source.line_count,
         )
         return BatchRunner(engine, source.items, settings).run()
-    finally:
-        if owned_engine is not None:
-            owned_engine.close()
-        lock.release()
-        source.close()
 
 
 def _check_run_arguments(seed: object, max_failures: object) -> None:
@@ -112,6 +116,7 @@ class _TaskSource:
     name: str | None = None  # the task file, for summary.json
     total_lines: int | None = None  # for the progress bar
     file: BinaryIO | None = None  # the open task file, closed after the run
+    line_count: Callable[[], int | None] | None = None  # for `unread_lines` (RunSettings.line_count)
 
     def close(self) -> None:
         if self.file is not None:
@@ -140,13 +145,20 @@ def _open_tasks(
             name=str(path),
             total_lines=total,
             file=task_file,
+            line_count=lambda: _cheap_line_count(path),
         )
     if isinstance(tasks, Mapping) or not isinstance(tasks, Iterable):
         raise RunError("tasks must be a task file path or an iterable of task mappings")
     if out_dir is None:
         raise RunError("out_dir is required when tasks are given as mappings")
     out = Path(out_dir)
-    return _TaskSource(items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None), out_dir=out, zip_name=f"{out.resolve().name or 'batch'}.zip")
+    sized = tasks if isinstance(tasks, Sized) else None
+    return _TaskSource(
+        items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None),
+        out_dir=out,
+        zip_name=f"{out.resolve().name or 'batch'}.zip",
+        line_count=(lambda: len(sized)) if sized is not None else None,
+    )
 
 
 def _prepare_out_dir(out: Path, lock: OutputLock) -> None:
@@ -173,6 +185,22 @@ def _total_lines(task_file: BinaryIO, path: Path) -> int | None:
         return count_lines(path)
     except OSError as e:
         raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
+
+
+# Counting the lines left after an interrupt must not hold up the exit: a regular file up
+# to this size is counted (well under a second), anything larger reports null.
+MAX_COUNTED_BYTES = 256 << 20
+
+
+def _cheap_line_count(path: Path) -> int | None:
+    """The task file's physical line count when it is a regular file of at most MAX_COUNTED_BYTES."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNTED_BYTES:
+            return None
+        return count_lines(path)
+    except OSError:
+        return None
 
 
 def _load_engine(name: str, options: EngineOptions, log: Log) -> Engine:
