@@ -236,7 +236,10 @@ class ManifestWriter:
 
     def abort(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass  # closing flushes the buffer, which fails again on a full disk; the file goes anyway
         try:
             os.unlink(self._tmp)
         except FileNotFoundError:

@@ -340,8 +340,9 @@ class BatchRunner:
         if exc is None:
             return None
         after = f"after line {self.last_line}" if self.last_line else "before the first line"
-        if isinstance(exc, OSError):
-            why = f"cannot read the task source {exc.filename or self.settings.task_source or ''}: {exc.strerror or exc}"
+        task_file = self.settings.task_source
+        if isinstance(exc, OSError) and task_file is not None:
+            why = f"cannot read the task file {task_file!r}: {exc.strerror or exc}"
         else:
             why = f"the task source raised {type(exc).__name__}: {exc}"
         return TaskSourceError(
