@@ -146,7 +146,10 @@ def _limited(max_bytes: int):
 def _driver(tasks: Path, out: Path, *args: str, max_file_bytes: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(DRIVER), str(tasks), str(out), *args],
-        capture_output=True, text=True, env=ENV, timeout=120,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
         preexec_fn=_limited(max_file_bytes) if max_file_bytes else None,
     )
 
