@@ -257,11 +257,22 @@ def check_tasks(
     campplus: str | os.PathLike[str] | None = None,
     on_item: Callable[[TaskOrInvalid], None] | None = None,
 ) -> CheckReport:
-    """Validate every line of a task file (no engine is loaded). `on_item` sees each result as read."""
+    """Validate every line of a task file (no engine is loaded). `on_item` sees each result as read.
+
+    With `model_dir`, the checkpoint folder is validated too, and every valid task is held to
+    the glmtts engine's per-task input rules (prompt_text present, prompt audio decodable,
+    audible, 1-30 s; `glmtts.inputs`), so a line reported valid does not fail for its inputs
+    in `run --engine glmtts`. Each prompt file is decoded once.
+    """
     path = Path(path)
     valid = 0
     problems: list[LineProblem] = []
+    engine_rules = _glmtts_input_rules() if model_dir is not None else None
     for item in iter_task_file(path):
+        if engine_rules is not None and isinstance(item, Task):
+            error = engine_rules(item)
+            if error is not None:
+                item = InvalidLine(line=item.line, error=error, output_name=item.output_name, seed=item.seed)
         if on_item is not None:
             on_item(item)
         if isinstance(item, Task):
@@ -270,6 +281,12 @@ def check_tasks(
             problems.append(_problem(item))
     checkpoint_error = _check_checkpoint(Path(model_dir), campplus) if model_dir is not None else None
     return CheckReport(path, valid, tuple(problems), checkpoint_error)
+
+
+def _glmtts_input_rules() -> Callable[[Task], TaskError | None]:
+    from .glmtts.inputs import TaskInputChecker  # imported late: it pulls in numpy, soundfile, torch
+
+    return TaskInputChecker()
 
 
 def _problem(item: InvalidLine) -> LineProblem:
