@@ -1,5 +1,5 @@
 """`python -m glmtts_batch` runs the CLI."""
 
-from .cli import main
+from .cli import entry
 
-main(prog_name="glmtts-batch")
+entry()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -71,17 +72,24 @@ def run_batch(
     as it is written (live progress for an embedding server).
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
-    a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`).
+    a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`). A run that
+    has to stop as a whole first records what it did (manifest and summary.json for
+    the lines read so far), then raises: `TaskSourceError` (exit 2) when the task
+    iterable or file fails mid-run, `OutputWriteError` (exit 3) when the manifest,
+    summary or zip cannot be written; their `summary` attribute holds the `Summary`.
     """
     log = log or log_to_stderr
     _check_run_arguments(seed, max_failures)  # an engine name is checked by engines.select.load_engine
     source = _open_tasks(tasks, out_dir, base_dir, count_lines_for_progress=progress is not False)
     lock = OutputLock(source.out_dir)
-    owned_engine: Engine | None = None
-    try:
+    # Each clean-up runs even if an earlier one raises (a signal during engine.close()).
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(source.close)
+        cleanup.callback(lock.release)
         _prepare_out_dir(source.out_dir, lock)
         if isinstance(engine, str):
-            owned_engine = engine = _load_engine(engine, options, log)
+            engine = _load_engine(engine, options, log)
+            cleanup.callback(engine.close)
         _announce(engine, log)
         settings = RunSettings(
             out_dir=source.out_dir,
@@ -97,16 +105,12 @@ def run_batch(
             writer=writer,
             cancel=cancel,
             on_record=on_record,
+            line_count=source.line_count,
         )
         items = source.items
         if not engine.info.clones_voice:
             items = _warn_at_first_prompt(items, engine.info.name, log)
         return BatchRunner(engine, items, settings).run()
-    finally:
-        if owned_engine is not None:
-            owned_engine.close()
-        lock.release()
-        source.close()
 
 
 def _check_run_arguments(seed: object, max_failures: object) -> None:
@@ -128,6 +132,7 @@ class _TaskSource:
     name: str | None = None  # the task file, for summary.json
     total_lines: int | None = None  # for the progress bar
     file: BinaryIO | None = None  # the open task file, closed after the run
+    line_count: Callable[[], int | None] | None = None  # for `unread_lines` (RunSettings.line_count)
 
     def close(self) -> None:
         if self.file is not None:
@@ -156,13 +161,20 @@ def _open_tasks(
             name=str(path),
             total_lines=total,
             file=task_file,
+            line_count=lambda: _cheap_line_count(path),
         )
     if isinstance(tasks, Mapping) or not isinstance(tasks, Iterable):
         raise RunError("tasks must be a task file path or an iterable of task mappings")
     if out_dir is None:
         raise RunError("out_dir is required when tasks are given as mappings")
     out = Path(out_dir)
-    return _TaskSource(items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None), out_dir=out, zip_name=f"{out.resolve().name or 'batch'}.zip")
+    sized = tasks if isinstance(tasks, Sized) else None
+    return _TaskSource(
+        items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None),
+        out_dir=out,
+        zip_name=f"{out.resolve().name or 'batch'}.zip",
+        line_count=(lambda: len(sized)) if sized is not None else None,
+    )
 
 
 def _prepare_out_dir(out: Path, lock: OutputLock) -> None:
@@ -189,6 +201,22 @@ def _total_lines(task_file: BinaryIO, path: Path) -> int | None:
         return count_lines(path)
     except OSError as e:
         raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
+
+
+# Counting the lines left after an interrupt must not hold up the exit: a regular file up
+# to this size is counted (well under a second), anything larger reports null.
+MAX_COUNTED_BYTES = 256 << 20
+
+
+def _cheap_line_count(path: Path) -> int | None:
+    """The task file's physical line count when it is a regular file of at most MAX_COUNTED_BYTES."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNTED_BYTES:
+            return None
+        return count_lines(path)
+    except OSError:
+        return None
 
 
 def _load_engine(name: str, options: EngineOptions, log: Log) -> Engine:
@@ -255,11 +283,22 @@ def check_tasks(
     campplus: str | os.PathLike[str] | None = None,
     on_item: Callable[[TaskOrInvalid], None] | None = None,
 ) -> CheckReport:
-    """Validate every line of a task file (no engine is loaded). `on_item` sees each result as read."""
+    """Validate every line of a task file (no engine is loaded). `on_item` sees each result as read.
+
+    With `model_dir`, the checkpoint folder is validated too, and every valid task is held to
+    the glmtts engine's per-task input rules (prompt_text present, prompt audio decodable,
+    audible, 1-30 s; `glmtts.inputs`), so a line reported valid does not fail for its inputs
+    in `run --engine glmtts`. Each prompt file is decoded once.
+    """
     path = Path(path)
     valid = 0
     problems: list[LineProblem] = []
+    engine_rules = _glmtts_input_rules() if model_dir is not None else None
     for item in iter_task_file(path):
+        if engine_rules is not None and isinstance(item, Task):
+            error = engine_rules(item)
+            if error is not None:
+                item = InvalidLine(line=item.line, error=error, output_name=item.output_name, seed=item.seed)
         if on_item is not None:
             on_item(item)
         if isinstance(item, Task):
@@ -268,6 +307,12 @@ def check_tasks(
             problems.append(_problem(item))
     checkpoint_error = _check_checkpoint(Path(model_dir), campplus) if model_dir is not None else None
     return CheckReport(path, valid, tuple(problems), checkpoint_error)
+
+
+def _glmtts_input_rules() -> Callable[[Task], TaskError | None]:
+    from .glmtts.inputs import TaskInputChecker  # imported late: it pulls in numpy, soundfile, torch
+
+    return TaskInputChecker()
 
 
 def _problem(item: InvalidLine) -> LineProblem:

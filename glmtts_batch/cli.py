@@ -1,11 +1,19 @@
-"""`glmtts-batch` command line: a thin click layer over `api.run_batch` and `api.check_tasks`."""
+"""`glmtts-batch` command line: a thin click layer over `api.run_batch` and `api.check_tasks`.
+
+`entry` is the console script: the click group `main` with SIGINT/SIGTERM turned into a
+clean exit (130 / 143) outside the batch loop. Output nobody reads any more (a closed
+pipe) is dropped and never changes the exit code (`_echo`, `log.emit`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -14,14 +22,25 @@ from click.core import ParameterSource
 from . import __version__
 from .api import check_tasks, run_batch
 from .engines.base import EngineOptions
-from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, GlmttsBatchError, RunError
+from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, GlmttsBatchError, Interrupted, RunError
 from .glmtts.checkpoint_writers import PRESETS
 from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
-from .log import PREFIX, log_to_stderr
+from .log import PREFIX, log_to_stderr, silence
 from .tasks import InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _echo(message: str, *, err: bool = False) -> None:
+    """click.echo, dropping what a reader that has gone away would not see (see log.py)."""
+    try:
+        click.echo(message, err=err)
+    except BrokenPipeError:
+        silence(sys.stderr if err else sys.stdout)
+    except OSError:
+        pass  # a full disk under a redirected stream: the run's outcome is in its exit code
 
 
 class _Commands(click.Group):
@@ -31,11 +50,49 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except GlmttsBatchError as e:
-            click.echo(f"{PREFIX}error: {e}", err=True)
+            _echo(f"{PREFIX}error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:  # before the batch loop took over the signal (e.g. while loading)
-            click.echo(f"{PREFIX}interrupted before the run started", err=True)
+        except KeyboardInterrupt:  # in-process use (no `entry`): Python's own SIGINT handler
+            _echo(f"{PREFIX}interrupted before the run started", err=True)
             sys.exit(EXIT_SIGNAL[signal.SIGINT])
+
+
+def entry() -> None:
+    """The `glmtts-batch` console script and `python -m glmtts_batch`.
+
+    Three phases, so that no signal ends the process with a traceback or in silence:
+    start-up (arguments, output folder, model loading) and clean-up run with handlers
+    that raise `Interrupted`, a BaseException no `except Exception` swallows, which ends
+    in a message and exit 130 / 143; the batch loop's `runner.SignalGuard` replaces them
+    while it runs (first signal: finish the task; second: abandon it); once the command
+    has returned, a signal during the interpreter's exit ends the process at once, with
+    the same message and codes.
+    """
+    for sig in _SIGNALS:
+        signal.signal(sig, _raise_interrupted)
+    try:
+        try:
+            main(prog_name="glmtts-batch")  # click's standalone mode: always ends in SystemExit
+        finally:
+            for sig in _SIGNALS:
+                signal.signal(sig, _exit_at_once)
+    except Interrupted as e:
+        _echo(f"{PREFIX}interrupted by {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    """A signal while exiting: flush what can be flushed, say so, and end with 130 / 143."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a flush this signal interrupted is re-entered
+            stream.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, f"{PREFIX}interrupted by {signal.Signals(signum).name}\n".encode())
+    os._exit(EXIT_SIGNAL.get(signum, 128 + signum))
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,16 +185,17 @@ def run(
     )
     parts = [f"{summary.ok} ok", f"{summary.failed} failed", f"{summary.invalid} invalid",
              f"{summary.skipped} skipped ({summary.resumed} resumed)"]
-    click.echo(f"{PREFIX}{', '.join(parts)}; {summary.audio_seconds:.1f} s of audio "
+    _echo(f"{PREFIX}{', '.join(parts)}; {summary.audio_seconds:.1f} s of audio "
                f"in {summary.wall_seconds:.1f} s", err=True)
     if summary.interrupted:
-        click.echo(f"{PREFIX}interrupted by {summary.interrupted}; re-run the same command to resume",
+        unread = "" if not summary.unread_lines else f"; {summary.unread_lines} lines not read"
+        _echo(f"{PREFIX}interrupted by {summary.interrupted}{unread}; re-run the same command to resume",
                    err=True)
     if summary.stopped_early:
-        click.echo(f"{PREFIX}stopped after --max-failures; remaining tasks were not run", err=True)
-    click.echo(f"manifest: {summary.manifest}")
+        _echo(f"{PREFIX}stopped after --max-failures; remaining tasks were not run", err=True)
+    _echo(f"manifest: {summary.manifest}")
     if summary.zip is not None:
-        click.echo(f"zip: {summary.zip}")
+        _echo(f"zip: {summary.zip}")
     sys.exit(summary.exit_code)
 
 
@@ -154,17 +212,17 @@ def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors
     def show(item: TaskOrInvalid) -> None:
         if isinstance(item, Task):
             if not errors_only:
-                click.echo(f"line {item.line}: ok -> {item.output_name}.{DEFAULT_WRITER.suffix}")
+                _echo(f"line {item.line}: ok -> {item.output_name}.{DEFAULT_WRITER.suffix}")
         elif isinstance(item, InvalidLine):
             where = f" [{item.error.field}]" if item.error.field else ""
-            click.echo(f"line {item.line}: invalid{where} {type(item.error).__name__}: {item.error}")
+            _echo(f"line {item.line}: invalid{where} {type(item.error).__name__}: {item.error}")
 
     report = check_tasks(task_file, model_dir=model_dir, campplus=campplus, on_item=show)
     if report.checkpoint_error:
-        click.echo(f"checkpoint {model_dir}: {report.checkpoint_error}")
+        _echo(f"checkpoint {model_dir}: {report.checkpoint_error}")
     elif model_dir is not None:
-        click.echo(f"checkpoint {model_dir}: ok")
-    click.echo(f"{task_file}: {report.valid} valid, {report.invalid} invalid")
+        _echo(f"checkpoint {model_dir}: ok")
+    _echo(f"{task_file}: {report.valid} valid, {report.invalid} invalid")
     sys.exit(report.exit_code)
 
 
@@ -178,7 +236,7 @@ def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
     from .glmtts.make_checkpoint import build_random_checkpoint
 
     path = build_random_checkpoint(out_dir, preset, seed=seed, log=log_to_stderr)
-    click.echo(str(path))
+    _echo(str(path))
 
 
 @main.command()
@@ -205,15 +263,15 @@ def normalize(text_file: Path | None, task_file: Path | None, as_json: bool, pho
     for item in items:
         if isinstance(item, PreviewError):
             failed = True
-            click.echo(f"glmtts-batch: {item.message}", err=True)
+            _echo(f"glmtts-batch: {item.message}", err=True)
         elif as_json:
-            click.echo(json.dumps(item.to_json(), ensure_ascii=False))
+            _echo(json.dumps(item.to_json(), ensure_ascii=False))
         else:
-            click.echo(f"line {item.line}: {item.input}\n  normalized: {item.normalized}")
+            _echo(f"line {item.line}: {item.input}\n  normalized: {item.normalized}")
             for i, piece in enumerate(item.pieces, start=1):
-                click.echo(f"  piece {i}: {piece}")
+                _echo(f"  piece {i}: {piece}")
                 if item.phonemes is not None:
-                    click.echo(f"  phonemes {i}: {item.phonemes[i - 1]}")
+                    _echo(f"  phonemes {i}: {item.phonemes[i - 1]}")
     sys.exit(EXIT_TASKS_FAILED if failed else EXIT_OK)
 
 
@@ -261,4 +319,4 @@ def serve(host: str, port: int, jobs_dir: Path, token_file: Path | None, max_fil
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry()

@@ -236,7 +236,10 @@ class ManifestWriter:
 
     def abort(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass  # closing flushes the buffer, which fails again on a full disk; the file goes anyway
         try:
             os.unlink(self._tmp)
         except FileNotFoundError:
@@ -392,6 +395,11 @@ class Summary:
     exit_code: int
     interrupted: str | None = None  # "SIGINT" / "SIGTERM"
     stopped_early: bool = False  # max_failures reached
+    # Physical lines after the last line with a record, when the run stopped reading
+    # (a signal, a task source error): 0 when the input was read to its end, None when
+    # unknown (a pipe or device, an iterable without len(), a file too large to count).
+    unread_lines: int | None = 0
+    error: dict[str, str] | None = None  # the run-level error that stopped it: type, message
 
     @property
     def total(self) -> int:
@@ -425,6 +433,8 @@ def make_summary(
     exit_code: int,
     interrupted: str | None,
     stopped_early: bool,
+    unread_lines: int | None = 0,
+    error: dict[str, str] | None = None,
 ) -> Summary:
     return Summary(
         ok=tally.counts["ok"],
@@ -441,6 +451,8 @@ def make_summary(
         exit_code=exit_code,
         interrupted=interrupted,
         stopped_early=stopped_early,
+        unread_lines=unread_lines,
+        error=error,
     )
 
 
@@ -460,6 +472,8 @@ def summary_document(summary: Summary, facts: RunFacts) -> dict[str, Any]:
         "max_failures": facts.max_failures,
         "stopped_early": summary.stopped_early,
         "interrupted": summary.interrupted,
+        "unread_lines": summary.unread_lines,
+        "error": summary.error,
         "task_source": facts.task_source,
         "out_dir": str(summary.out_dir),
         "manifest": summary.manifest.name,

@@ -3,6 +3,9 @@
 The total is the task file's line count when the run started. A file still being written
 (a producer appending to it) can outgrow it; the total is then dropped rather than shown
 as "25/16 lines", since the true count is not known until the file ends.
+
+Writing progress never ends a run: output that cannot be written is dropped
+(`log.emit`); a bar whose stream fails is turned off.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 import time
 from typing import TextIO
 
-from .log import PREFIX
+from .log import PREFIX, emit, silence
 
 
 class Progress:
@@ -43,7 +46,10 @@ class Progress:
         if enabled and _isatty(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="line", file=self.stream, dynamic_ncols=True)
+            try:
+                self._bar = tqdm(total=total, unit="line", file=self.stream, dynamic_ncols=True)
+            except (OSError, ValueError) as exc:
+                self._drop_bar(exc)
 
     def update(self, status: str, audio_s: float = 0.0, *, line: int | None = None) -> None:
         """One record done. `line` is its physical line, so the bar also counts skipped blank lines."""
@@ -55,8 +61,11 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.update(self.lines - self._bar.n)
-            self._bar.set_postfix_str(self._postfix(), refresh=False)
+            try:
+                self._bar.update(self.lines - self._bar.n)
+                self._bar.set_postfix_str(self._postfix(), refresh=False)
+            except (OSError, ValueError) as exc:
+                self._drop_bar(exc)
             return
         now = time.monotonic()
         if self.lines - self._last_log_lines >= self.every_lines or now - self._last_log >= self.every_s:
@@ -72,10 +81,27 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.set_postfix_str(self._postfix(), refresh=True)
-            self._bar.close()
+            try:
+                self._bar.set_postfix_str(self._postfix(), refresh=True)
+                self._bar.close()
+            except (OSError, ValueError) as exc:
+                self._drop_bar(exc)
         elif self.lines != self._last_log_lines:
             self._log_line(time.monotonic())
+
+    def _drop_bar(self, exc: BaseException) -> None:
+        """The terminal went away: no more progress output at all."""
+        if isinstance(exc, BrokenPipeError):
+            silence(self.stream)
+        bar, self._bar = self._bar, None
+        self.enabled = False
+        if bar is None:
+            return
+        try:
+            bar.disable = True  # tqdm's own close would write to the stream again
+            bar.close()
+        except Exception:  # noqa: BLE001 - only tidying up a bar that is already lost
+            pass
 
     def _speed(self, now: float | None = None) -> float:
         wall = (now or time.monotonic()) - self._start
@@ -87,11 +113,7 @@ class Progress:
 
     def _log_line(self, now: float) -> None:
         total = f"/{self.total}" if self.total else ""
-        print(
-            f"{PREFIX}{self.lines}{total} lines, {self._postfix()}, {now - self._start:.0f} s",
-            file=self.stream,
-            flush=True,
-        )
+        emit(f"{PREFIX}{self.lines}{total} lines, {self._postfix()}, {now - self._start:.0f} s\n", self.stream)
         self._last_log = now
         self._last_log_lines = self.lines
 

@@ -3,12 +3,20 @@
 Tasks are processed sequentially and their records streamed to the manifest in
 input order. Any exception inside one task marks that task `failed` and the run
 goes on; an out-of-memory error additionally calls `engine.free_memory()` so the
-next task starts from a clean accelerator. After `max_failures` failures, or on
-SIGINT/SIGTERM, the remaining lines are still read and validated (so the
-manifest has one record per line) but recorded as `skipped` with a `reason`.
+next task starts from a clean accelerator. After `max_failures` failures the
+remaining lines are still read and validated (so the manifest has one record per
+line) but recorded as `skipped` with reason `max_failures`.
 
 Signals: the first SIGINT/SIGTERM lets the current task finish; a second one
 abandons it (it is recorded as skipped/interrupted and its temp files removed).
+After a signal no further line is read, whatever the input (a pipe that never sends
+more, /dev/urandom): a read blocked on a pipe is broken off by the signal handler.
+Every line that was read still gets its record; the summary's `unread_lines` says
+how many lines were left (counted only when that is cheap: see `RunSettings.line_count`).
+A task source that raises (a broken iterable, an unreadable file) ends the loop the
+same way; the records so far are committed, then `TaskSourceError` is raised. A
+manifest, summary or zip that cannot be written (full disk) raises `OutputWriteError`
+(exit 3) naming the file; the WAVs and journal stay, so a re-run finishes the job.
 The abandonment is also remembered as a flag, because an engine may swallow the
 exception (a broad `except BaseException`, or a ctypes callback, which prints and
 discards it) and return partial audio: a task whose call was abandoned is never
@@ -19,25 +27,34 @@ write (one the output folder's journal does not know, e.g. the voice prompt
 itself with `--out .`): that task is `failed` with field `output_name`.
 Exit codes (errors.py): 0 all ok or resumed; 1 a task failed or a line was
 invalid; 130 interrupted by SIGINT, 143 by SIGTERM (2, a run that cannot start,
-is raised as `RunError` before the loop). Records are built and the summary is
+is raised as `RunError` before the loop; 2 and 3 for the errors above). Records are built and the summary is
 assembled in manifest.py; the output format comes from `RunSettings.writer`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .digests import FileDigests
 from .engines.base import Engine, Synthesis, SynthesisRequest
-from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, RunError, TaskError
+from .errors import (
+    EXIT_OK,
+    EXIT_SIGNAL,
+    EXIT_TASKS_FAILED,
+    OutputWriteError,
+    RunError,
+    TaskError,
+    TaskSourceError,
+)
 from .manifest import (
     Journal,
     ManifestWriter,
@@ -82,10 +99,17 @@ class RunSettings:
     # the loop checks the signal flag; `on_record` sees each manifest record once written.
     cancel: threading.Event | None = None
     on_record: Callable[[dict[str, Any]], None] | None = None
+    # The input's physical line count now, or None when unknown or not cheap to count;
+    # asked only when the run stopped reading early, for the summary's `unread_lines`.
+    line_count: Callable[[], int | None] | None = None
 
 
 class _Abandon(BaseException):
     """Raised inside the engine call by a second signal (BaseException: tasks must not catch it)."""
+
+
+class _StopReading(BaseException):
+    """Raised by a signal while the loop waits for the next line (a read blocked on a pipe)."""
 
 
 class SignalGuard:
@@ -94,7 +118,9 @@ class SignalGuard:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.abandoned = False  # a second signal abandoned the current engine call
+        self.stopped_reading = False  # `next_item` gave up on the input because of a signal
         self._in_engine = False
+        self._reading = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SignalGuard:
@@ -111,10 +137,35 @@ class SignalGuard:
     def _handle(self, signum: int, frame: Any) -> None:
         already = self.signum is not None
         self.signum = self.signum or signum
+        if self._reading:
+            self._reading = False  # at most one raise per read
+            raise _StopReading()
         if already and self._in_engine:
             self._in_engine = False
             self.abandoned = True  # first: the engine may swallow the exception below
             raise _Abandon()
+
+    def next_item(self, items: Iterator[TaskOrInvalid]) -> TaskOrInvalid | None:
+        """The next line's item; None at the end of the input, or once a signal came.
+
+        A signal during the read raises `_StopReading` from the handler, which breaks off
+        a read() blocked on a pipe. `list.extend(islice(...))` stores a yielded item before
+        any Python code of this frame runs again, so an item that was read is never lost
+        to a signal arriving just after it. Errors of the source itself propagate.
+        """
+        got: list[TaskOrInvalid] = []
+        try:
+            self._reading = True
+            if self.signum is None:
+                got.extend(itertools.islice(items, 1))
+            self._reading = False
+        except _StopReading:
+            pass
+        finally:
+            self._reading = False
+        if not got and self.signum is not None:
+            self.stopped_reading = True
+        return got[0] if got else None
 
     @contextlib.contextmanager
     def engine_call(self) -> Iterator[None]:
@@ -165,6 +216,9 @@ class BatchRunner:
         self.prompt_digests = prompt_digests or FileDigests()
         self.tally = Tally()
         self.stop_reason: SkipReason | None = None  # set: the remaining lines are not run
+        self.last_line = 0  # the physical line of the last record written
+        self.read_to_end = False  # the input was exhausted (not stopped by a signal or an error)
+        self.source_error: Exception | None = None  # what the task source raised
 
     def run(self) -> Summary:
         # Signals stay handled until the zip is written: a SIGTERM while finishing up
@@ -176,7 +230,7 @@ class BatchRunner:
             return self._finish(guard, started_at, time.monotonic() - start)
 
     def _write_manifest(self, guard: SignalGuard) -> None:
-        """Every line through `_process`, its record streamed to the manifest (committed at the end)."""
+        """Every line read through `_process`, its record streamed to the manifest (committed at the end)."""
         out_dir, fsync = self.settings.out_dir, self.settings.fsync
         progress = Progress(self.settings.total_lines, enabled=self.settings.progress)
         try:
@@ -191,19 +245,32 @@ class BatchRunner:
                 raise RunError(f"cannot write the manifest {e.filename or out_dir}: {e.strerror or e}") from None
             raise
         try:
-            for item in self.items:
+            while True:
                 self._check_cancel(guard)
+                try:
+                    item = guard.next_item(self.items)
+                except Exception as exc:  # noqa: BLE001 - recorded, then raised as TaskSourceError
+                    self.source_error = exc
+                    break
+                if item is None:
+                    self.read_to_end = not guard.stopped_reading
+                    break
+                if guard.signum is not None and self.stop_reason is None:
+                    self.stop_reason = "interrupted"  # read before the signal was seen: not run
                 record = self._process(item, guard)
-                manifest.write(record)
+                with _writing("the manifest", manifest.path):
+                    manifest.write(record)
                 if self.settings.on_record is not None:
                     self.settings.on_record(record.to_dict())
                 self.tally.add(record)
+                self.last_line = record.line
                 audio_s = (record.duration_s or 0.0) if record.status == "ok" else 0.0
                 progress.update(record.status, audio_s, line=record.line)
                 if guard.signum is not None and self.stop_reason is None:
                     self.stop_reason = "interrupted"
             progress.close()
-            manifest.commit()
+            with _writing("the manifest", manifest.path):
+                manifest.commit()
         except BaseException:
             manifest.abort()
             raise
@@ -211,19 +278,23 @@ class BatchRunner:
             self._journal.close()
 
     def _finish(self, guard: SignalGuard, started_at: str, wall_seconds: float) -> Summary:
-        """summary.json and the zip (or the removal of a stale one)."""
+        """summary.json and the zip (or the removal of a stale one); then a task source error is raised."""
         settings = self.settings
         signum = guard.signum  # a signal after this point lets the finished run complete
         interrupted = signal.Signals(signum).name if signum is not None else None
         zip_path = settings.out_dir / settings.zip_name
+        source_error = self._source_error()
+        complete = interrupted is None and source_error is None
         summary = make_summary(
             self.tally,
             out_dir=settings.out_dir,
             wall_seconds=wall_seconds,
-            zip_path=zip_path if settings.make_zip and interrupted is None else None,
-            exit_code=self._exit_code(signum),
+            zip_path=zip_path if settings.make_zip and complete else None,
+            exit_code=source_error.exit_code if source_error is not None else self._exit_code(signum),
             interrupted=interrupted,
             stopped_early=self.stop_reason == "max_failures",
+            unread_lines=self._unread_lines(),
+            error=_error_info(source_error) if source_error is not None else None,
         )
         facts = RunFacts(
             engine=self.info,
@@ -235,12 +306,67 @@ class BatchRunner:
             started_at=started_at,
             finished_at=_timestamp(),
         )
-        write_summary(summary, facts, fsync=settings.fsync)
+        with _writing("the summary", summary.summary):
+            write_summary(summary, facts, fsync=settings.fsync)
         if summary.zip is not None:
-            write_zip(summary.zip, settings.out_dir, summary.manifest, summary.summary, fsync=settings.fsync)
-        elif zip_path.exists():
-            zip_path.unlink()  # it would no longer match the manifest
+            self._write_zip(summary, facts)
+        else:
+            self._drop_stale_zip(zip_path)
+        if source_error is not None:
+            source_error.summary = summary
+            raise source_error
         return summary
+
+    def _write_zip(self, summary: Summary, facts: RunFacts) -> None:
+        """The zip; if it cannot be written, summary.json is rewritten to say so (no zip, exit 3)."""
+        assert summary.zip is not None
+        settings = self.settings
+        try:
+            write_zip(summary.zip, settings.out_dir, summary.manifest, summary.summary, fsync=settings.fsync)
+        except OSError as e:
+            error = _write_error("the zip", summary.zip, e)
+            failed = replace(summary, zip=None, exit_code=error.exit_code, error=_error_info(error))
+            try:
+                write_summary(failed, facts, fsync=settings.fsync)
+            except OSError:
+                # It would name a zip that does not exist: better no summary than a wrong one.
+                with contextlib.suppress(OSError):
+                    os.unlink(summary.summary)
+            else:
+                error.summary = failed
+            self._drop_stale_zip(summary.zip)
+            raise error from None
+
+    def _drop_stale_zip(self, zip_path: Path) -> None:
+        """A zip of an earlier run would no longer match the manifest."""
+        with contextlib.suppress(FileNotFoundError):
+            if zip_path.exists():
+                zip_path.unlink()
+
+    def _source_error(self) -> TaskSourceError | None:
+        exc = self.source_error
+        if exc is None:
+            return None
+        after = f"after line {self.last_line}" if self.last_line else "before the first line"
+        task_file = self.settings.task_source
+        if isinstance(exc, OSError) and task_file is not None:
+            why = f"cannot read the task file {task_file!r}: {exc.strerror or exc}"
+        else:
+            why = f"the task source raised {type(exc).__name__}: {exc}"
+        return TaskSourceError(
+            f"{why} ({after}); the manifest records the lines read before it, "
+            "and the same run again resumes them"
+        )
+
+    def _unread_lines(self) -> int | None:
+        if self.read_to_end:
+            return 0
+        count = self.settings.line_count
+        try:
+            total = count() if count is not None else None
+        except (OSError, TypeError, ValueError):
+            total = None
+        return max(0, total - self.last_line) if total is not None else None
 
     def _exit_code(self, signum: int | None) -> int:
         if signum is not None:
@@ -339,6 +465,27 @@ class BatchRunner:
         if max_failures is not None and failed >= max_failures and self.stop_reason is None:
             self.stop_reason = "max_failures"
         return record
+
+
+@contextlib.contextmanager
+def _writing(what: str, path: Path) -> Iterator[None]:
+    """An OSError inside (ENOSPC, EIO, EFBIG, ...) becomes an `OutputWriteError` naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise _write_error(what, path, e) from None
+
+
+def _write_error(what: str, path: Path, exc: OSError) -> OutputWriteError:
+    culprit = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    return OutputWriteError(
+        f"cannot write {what} {str(path)!r}: {exc.strerror or exc}{culprit}; the audio files and the "
+        "resume journal are kept: fix the cause (e.g. free disk space) and run the same command again"
+    )
+
+
+def _error_info(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)}
 
 
 def _safe_stats(engine: Engine) -> dict[str, Any]:

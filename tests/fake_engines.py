@@ -175,10 +175,10 @@ def _driver(argv: list[str] | None = None) -> int:
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {"exit_code": s.exit_code, "ok": s.ok, "skipped": s.skipped, "resumed": s.resumed,
-              "interrupted": s.interrupted}
+              "interrupted": s.interrupted, "unread_lines": s.unread_lines}
     if a.rss:
         result.update(rss_before_kib=before, rss_after_kib=after)
     print(json.dumps(result), flush=True)

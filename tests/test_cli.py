@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 from fake_engines import FakeEngine, RaisingEngine
+from voices import write_voice
 
 import glmtts_batch.api as api
 from glmtts_batch.cli import main
@@ -195,7 +196,8 @@ def test_check_reports_lone_surrogates_and_control_characters(tmp_path: Path) ->
 
 
 def test_check_validates_a_checkpoint_folder(tmp_path: Path, monkeypatch) -> None:
-    good = write_tasks(tmp_path / "good.jsonl", [{"input_text": "a"}])
+    write_voice(tmp_path / "voice.wav")
+    good = write_tasks(tmp_path / "good.jsonl", [{"input_text": "a", "prompt_audio": "voice.wav", "prompt_text": "hi"}])
     seen: list = []
 
     def validate(model_dir, *, campplus=None):
@@ -215,6 +217,78 @@ def test_check_validates_a_checkpoint_folder(tmp_path: Path, monkeypatch) -> Non
     r = invoke(["check", str(good), "--model-dir", str(tmp_path / "fine")])
     assert r.exit_code == 0 and "checkpoint" in r.output and ": ok" in r.output
     assert seen[-1] == (tmp_path / "fine", None)
+
+
+def _fake_checkpoint_validation(monkeypatch) -> None:
+    fake = types.ModuleType("glmtts_batch.glmtts.checkpoint")
+    fake.validate_checkpoint_dir = lambda model_dir, *, campplus=None: None
+    monkeypatch.setitem(sys.modules, "glmtts_batch.glmtts.checkpoint", fake)
+
+
+def test_check_with_a_model_dir_applies_the_glmtts_input_rules(tmp_path: Path, monkeypatch) -> None:
+    """Lines `run --engine glmtts` would fail for their inputs are invalid in `check --model-dir`."""
+    import numpy as np
+
+    _fake_checkpoint_validation(monkeypatch)
+    write_voice(tmp_path / "voice.wav")
+    write_voice(tmp_path / "short.wav", seconds=0.5)
+    write_voice(tmp_path / "long.wav", seconds=31.0)
+    sf.write(tmp_path / "silent.wav", np.zeros(32000, dtype=np.float32), 16000)
+    (tmp_path / "text.wav").write_text("this is not audio")
+    voice = {"prompt_audio": "voice.wav", "prompt_text": "a calm voice"}
+    tasks = [
+        {"input_text": "fine", **voice},
+        {"input_text": "no transcript", "prompt_audio": "voice.wav"},
+        {"input_text": "blank transcript", "prompt_audio": "voice.wav", "prompt_text": "  "},
+        {"input_text": "no prompt"},
+        {"input_text": "undecodable", "prompt_audio": "text.wav", "prompt_text": "x"},
+        {"input_text": "silent", "prompt_audio": "silent.wav", "prompt_text": "x"},
+        {"input_text": "short", "prompt_audio": "short.wav", "prompt_text": "x"},
+        {"input_text": "long", "prompt_audio": "long.wav", "prompt_text": "x"},
+        {"input_text": "fine again", **voice},
+    ]
+    f = write_tasks(tmp_path / "t.jsonl", tasks)
+    r = invoke(["check", str(f), "--model-dir", str(tmp_path / "ckpt")])
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert "line 1: ok -> 1.wav" in lines and "line 9: ok -> 9.wav" in lines
+    for line, field, text in [
+        (2, "prompt_text", "needs prompt_text"),
+        (3, "prompt_text", "needs prompt_text"),
+        (4, "prompt_audio", "needs prompt_audio"),
+        (5, "prompt_audio", "cannot be read as audio"),
+        (6, "prompt_audio", "silent"),
+        (7, "prompt_audio", "too short"),
+        (8, "prompt_audio", "too long"),
+    ]:
+        (shown,) = [x for x in lines if x.startswith(f"line {line}: ")]
+        assert shown.startswith(f"line {line}: invalid [{field}]") and text in shown, shown
+    assert "2 valid, 7 invalid" in r.output
+
+    # Without a model folder only the task file's own rules apply (any engine may run it).
+    r = invoke(["check", str(f)])
+    assert "9 valid, 0 invalid" in r.output and r.exit_code == 0
+
+
+def test_check_decodes_each_prompt_once(tmp_path: Path, monkeypatch) -> None:
+    import glmtts_batch.glmtts.inputs as inputs
+
+    _fake_checkpoint_validation(monkeypatch)
+    decoded: list[Path] = []
+    real = inputs.load_prompt_audio
+
+    def counting(path):
+        decoded.append(path)
+        return real(path)
+
+    monkeypatch.setattr(inputs, "load_prompt_audio", counting)
+    write_voice(tmp_path / "narrator.wav")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF nonsense")
+    tasks = [{"input_text": f"line {i}", "prompt_audio": "narrator.wav", "prompt_text": "hi"} for i in range(50)]
+    tasks += [{"input_text": f"bad {i}", "prompt_audio": "bad.wav", "prompt_text": "hi"} for i in range(5)]
+    report = api.check_tasks(write_tasks(tmp_path / "t.jsonl", tasks), model_dir=tmp_path / "ckpt")
+    assert (report.valid, report.invalid) == (50, 5)
+    assert sorted(p.name for p in decoded) == ["bad.wav", "narrator.wav"]  # once each, errors included
 
 
 def test_check_loads_no_engine(tmp_path: Path, monkeypatch) -> None:

@@ -224,9 +224,12 @@ def test_run_with_cuda_on_a_cpu_only_machine_exits_2(workspace, tiny_checkpoint)
 
 def test_check_validates_the_task_file_and_the_checkpoint_folder(workspace, tiny_checkpoint):
     result = invoke(["check", workspace / "tasks.jsonl", "--model-dir", tiny_checkpoint])
-    assert result.exit_code == 0, result.output
     assert f"checkpoint {tiny_checkpoint}: ok" in result.output
-    assert "4 valid, 0 invalid" in result.output
+    # The 0.4 s prompt is one `run` fails (see the run tests above): with a model folder,
+    # check holds every task to the engine's input rules and says so before any model loads.
+    assert "line 5: invalid [prompt_audio] PromptAudioError" in result.output and "too short" in result.output
+    assert "3 valid, 1 invalid" in result.output
+    assert result.exit_code == 1, result.output
 
 
 def test_check_lists_every_problem_of_a_broken_checkpoint(workspace, tiny_checkpoint, tmp_path):
@@ -239,4 +242,4 @@ def test_check_lists_every_problem_of_a_broken_checkpoint(workspace, tiny_checkp
     assert "model-00002-of-00002.safetensors" in result.output
     assert "flow/config.yaml" in result.output
     assert "speech_tokenizer/config.json" in result.output
-    assert "4 valid, 0 invalid" in result.output  # the task lines themselves are fine
+    assert "3 valid, 1 invalid" in result.output  # the lines are held to the engine's rules all the same

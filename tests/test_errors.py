@@ -47,8 +47,23 @@ def test_every_error_has_its_exit_code_and_is_exported() -> None:
         assert issubclass(cls, errors.GlmttsBatchError)
         assert getattr(glmtts_batch, cls.__name__) is cls, cls.__name__
         assert cls.__name__ in glmtts_batch.__all__
-        expected = errors.EXIT_RUN_ERROR if issubclass(cls, errors.RunError) else errors.EXIT_TASKS_FAILED
+        if issubclass(cls, errors.OutputWriteError):
+            expected = errors.EXIT_OUTPUT_ERROR  # the run could not finish writing its outputs
+        elif issubclass(cls, errors.RunError):
+            expected = errors.EXIT_RUN_ERROR
+        else:
+            expected = errors.EXIT_TASKS_FAILED
         assert cls.exit_code == expected, cls.__name__
+
+
+def test_interrupted_is_no_exception_a_task_could_swallow() -> None:
+    """The CLI raises it from SIGINT/SIGTERM handlers: `except Exception` must let it through."""
+    import signal
+
+    assert issubclass(errors.Interrupted, BaseException) and not issubclass(errors.Interrupted, Exception)
+    assert glmtts_batch.Interrupted is errors.Interrupted and "Interrupted" in glmtts_batch.__all__
+    assert (errors.Interrupted(signal.SIGINT).exit_code, errors.Interrupted(signal.SIGTERM).exit_code) == (130, 143)
+    assert str(errors.Interrupted(signal.SIGTERM)) == "SIGTERM"
 
 
 def test_moved_classes_are_still_importable_where_they_were() -> None:
@@ -65,7 +80,16 @@ def test_every_module_imports() -> None:
             importlib.import_module(info.name)
 
 
-@pytest.mark.parametrize("exc", [errors.LockedError("held"), errors.PhonemeDictError("bad line"), errors.TaskError("x")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.LockedError("held"),
+        errors.PhonemeDictError("bad line"),
+        errors.TaskError("x"),
+        errors.OutputWriteError("cannot write the manifest"),
+        errors.TaskSourceError("the task source raised"),
+    ],
+)
 def test_the_cli_exits_with_the_exceptions_own_code(exc: errors.GlmttsBatchError, monkeypatch, tmp_path: Path) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise exc

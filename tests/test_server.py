@@ -281,9 +281,10 @@ def test_cancel_stops_a_running_job_like_sigterm_and_drops_a_queued_one(client: 
     assert client.delete(f"/v1/jobs/{running}").status_code == 202
     job = wait_for(client, running, finished)
     assert job["state"] == "cancelled" and job["exit_code"] == 143
-    assert job["counts"]["skipped"] > 0 and job["counts"]["ok"] + job["counts"]["skipped"] == 400
+    # As after SIGTERM: the current task finishes and no further line is read.
     records = [json.loads(line) for line in client.get(f"/v1/jobs/{running}/manifest").text.splitlines()]
-    assert {r["reason"] for r in records if r["status"] == "skipped"} == {"interrupted"}
+    assert 0 < len(records) < 400 and {r["reason"] for r in records if r["status"] == "skipped"} <= {"interrupted"}
+    assert client.get(f"/v1/jobs/{running}/summary").json()["unread_lines"] == 400 - len(records)
     assert client.get(f"/v1/jobs/{running}/zip").status_code == 409
     assert client.get(f"/v1/jobs/{queued}").json()["counts"]["ok"] == 0
     after = client.post("/v1/jobs", json={"tasks": [{"input_text": "still working"}]}).json()["id"]
@@ -356,8 +357,8 @@ def test_sigterm_then_sigkill_mid_job_then_restart_resumes_with_identical_wavs_a
             waiting = submit(c, second).json()["id"]
             wait_for(c, job_id, lambda j: j["done"] >= 5)
         srv.proc.send_signal(signal.SIGTERM)  # docker stop: the current task finishes, the job stays queued
-        # uvicorn re-raises the signal once shut down: the exit status says SIGTERM, as `run`'s 143 does
-        assert srv.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        # After uvicorn's graceful shutdown the CLI exits as `run` does after SIGTERM
+        assert srv.proc.wait(timeout=60) == 143
         assert "stopped by shutdown; it resumes on the next start" in srv.log.read_text()
         orphan = tmp_path / "jobs" / "jobs" / ("x" * 22) / "input"  # killed while accepting: never queued
         orphan.mkdir(parents=True)

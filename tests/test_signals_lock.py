@@ -62,16 +62,17 @@ def test_signal_finishes_current_task_writes_manifest_and_exits(tmp_path: Path, 
     assert proc.returncode == code, stderr
 
     records = manifest(out)
-    assert [r["line"] for r in records] == list(range(1, 41))  # one record per line, even unrun ones
-    statuses = [r["status"] for r in records]
-    done = statuses.count("ok")
+    done = len(records)
+    # The current task finished; no line after it was read (no records for the rest), and the
+    # summary counts what was left of this regular file.
     assert 2 <= done < 40
-    assert statuses == ["ok"] * done + ["skipped"] * (40 - done)
-    assert all(r["reason"] == "interrupted" and r["wav"] is None for r in records[done:])
-    for r in records[:done]:
+    assert [r["line"] for r in records] == list(range(1, done + 1))
+    assert [r["status"] for r in records] == ["ok"] * done
+    for r in records:
         assert (out / r["wav"]).stat().st_size == 44 + 2 * 1600
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] == signal.Signals(sig).name and summary["exit_code"] == code
+    assert summary["unread_lines"] == 40 - done and summary["total"] == done
     assert summary["zip"] is None and not (out / "t.zip").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
     assert json.loads(stdout)["interrupted"] == signal.Signals(sig).name
@@ -100,9 +101,57 @@ def test_second_signal_abandons_the_current_task(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10  # did not wait for the 20 s task
     assert proc.returncode == 143, stderr
     records = manifest(out)
-    assert [(r["status"], r["reason"]) for r in records] == [("skipped", "interrupted")] * 3
+    assert [(r["status"], r["reason"]) for r in records] == [("skipped", "interrupted")]
+    assert json.loads((out / "summary.json").read_text())["unread_lines"] == 2
     assert not list(out.glob("*.wav"))
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_run_whose_pipe_never_sends_more(tmp_path: Path, sig: int) -> None:
+    """`producer | glmtts-batch run /dev/stdin`: the producer stays alive and silent; the run
+    must not wait for it. Every line read has its record; what was left is unknown (null)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), "/dev/stdin", str(out), "--engine", "fake"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(json.dumps({"input_text": f"task {i}"}).encode() + b"\n" for i in range(3)))
+        proc.stdin.flush()
+        wait_for(lambda: journal_lines(out) >= 3)  # all three done; now blocked reading the pipe
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        proc.wait(timeout=15)  # the pipe is still open: a run that reads on would hang here
+    finally:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig], stderr
+    assert [(r["line"], r["status"]) for r in manifest(out)] == [(1, "ok"), (2, "ok"), (3, "ok")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unread_lines"] is None and summary["interrupted"] == signal.Signals(sig).name
+
+
+def test_signal_stops_a_run_over_endless_input(tmp_path: Path) -> None:
+    """`run /dev/urandom`: endless (invalid) lines, each read in no time; a signal ends the run."""
+    out = tmp_path / "out"
+    proc = start(Path("/dev/urandom"), out, "--engine", "fake")
+    try:
+        wait_for(lambda: out.is_dir() and any(p.name.endswith("manifest.jsonl") for p in out.iterdir()))
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert proc.returncode == 143, stderr
+    records = manifest(out)
+    assert records and {r["status"] for r in records} == {"invalid"}
+    lines = [r["line"] for r in records]
+    assert lines == sorted(lines) and len(set(lines)) == len(lines)  # one record per line read, in order
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unread_lines"] is None and summary["counts"]["invalid"] == len(records)
 
 
 def test_concurrent_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
@@ -120,8 +169,10 @@ def test_concurrent_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
     assert first.returncode == 143
-    # the refused run touched nothing: the manifest is the first run's
-    assert len(manifest(out)) == 30
+    # the refused run touched nothing: the manifest is the interrupted first run's
+    records = manifest(out)
+    assert 1 <= len(records) < 30
+    assert json.loads((out / "summary.json").read_text())["unread_lines"] == 30 - len(records)
 
 
 def test_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:

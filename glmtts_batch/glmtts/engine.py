@@ -30,6 +30,7 @@ from glmtts_batch.glmtts.audio import MelExtractor, load_prompt_audio
 from glmtts_batch.glmtts.checkpoint import CheckpointLayout, validate_checkpoint_dir
 from glmtts_batch.glmtts.crossfade import join_with_crossfade
 from glmtts_batch.glmtts.flow import FlowDecoder
+from glmtts_batch.glmtts.inputs import checked_prompt
 from glmtts_batch.glmtts.llm import (
     GenerationOptions,
     GenerationStats,
@@ -166,7 +167,7 @@ class GlmTtsEngine:
     # ------------------------------------------------------------------ Engine protocol
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
-        prompt_audio, prompt_text = _checked_prompt(request)
+        prompt_audio, prompt_text = checked_prompt(request.prompt_audio, request.prompt_text)
         clock = _StageClock(self.device)
         prompt = self.prompts.get_or_compute(
             prompt_audio,
@@ -283,15 +284,6 @@ class GlmTtsEngine:
         self.prompts.clear()
         self.models = None  # type: ignore[assignment]
         self.free_memory()
-
-
-def _checked_prompt(request: SynthesisRequest) -> tuple[Path, str]:
-    """The task's prompt audio and transcript; voice cloning needs both."""
-    if request.prompt_audio is None:
-        raise TaskError("the glmtts engine clones a voice: this task needs prompt_audio", field="prompt_audio")
-    if request.prompt_text is None or not request.prompt_text.strip():
-        raise TaskError("the glmtts engine needs prompt_text, the transcript of the prompt audio", field="prompt_text")
-    return request.prompt_audio, request.prompt_text
 
 
 class _StageClock:
