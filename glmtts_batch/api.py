@@ -13,9 +13,10 @@ from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
 from .lock import OutputLock
 from .log import Log, log_to_stderr
-from .manifest import Summary
+from .manifest import MANIFEST_NAME, SUMMARY_NAME, Summary
 from .outputs import clean_stale_temp_files
 from .runner import BatchRunner, RunSettings
+from .state import MAPPINGS_OWNER, FolderState, JobId
 from .tasks import (
     MAX_SEED,
     InvalidLine,
@@ -45,6 +46,7 @@ def run_batch(
     fsync: bool = True,
     log: Log | None = None,
     writer: AudioWriter = DEFAULT_WRITER,
+    adopt: bool = False,
 ) -> Summary:
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
@@ -59,8 +61,13 @@ def run_batch(
     speed (tests, scratch runs). `writer` picks the output files' format and suffix
     (default: 16-bit WAV; see `writers.AudioWriter`).
 
-    Raises `RunError` when the run cannot start (exit code 2); otherwise returns
-    a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`).
+    An output folder belongs to the job that first ran into it (its task file, or
+    "<mappings>" for task mappings); another job is refused with `RunError` unless
+    `adopt=True` hands the folder over to it (see `state`).
+
+    Raises `RunError` when the run cannot start (exit code 2), and `OutputWriteError`
+    (a `RunError`) when the zip cannot be written; otherwise returns a `Summary`
+    whose `exit_code` is 0, 1, 130 or 143 (see `errors`).
     """
     log = log or log_to_stderr
     _check_run_arguments(seed, max_failures)  # an engine name is checked by engines.select.load_engine
@@ -69,6 +76,7 @@ def run_batch(
     owned_engine: Engine | None = None
     try:
         _prepare_out_dir(source.out_dir, lock)
+        folder = _claim_out_dir(source, adopt=adopt, make_zip=make_zip, fsync=fsync)
         if isinstance(engine, str):
             owned_engine = engine = _load_engine(engine, options, log)
         _announce(engine, log)
@@ -84,8 +92,9 @@ def run_batch(
             total_lines=source.total_lines,
             task_source=source.name,
             writer=writer,
+            task_file=source.job.file,
         )
-        return BatchRunner(engine, source.items, settings).run()
+        return BatchRunner(engine, source.items, settings, folder=folder).run()
     finally:
         if owned_engine is not None:
             owned_engine.close()
@@ -109,6 +118,7 @@ class _TaskSource:
     items: Iterator[TaskOrInvalid]
     out_dir: Path
     zip_name: str
+    job: JobId  # who owns the output folder (state.py)
     name: str | None = None  # the task file, for summary.json
     total_lines: int | None = None  # for the progress bar
     file: BinaryIO | None = None  # the open task file, closed after the run
@@ -130,11 +140,15 @@ def _open_tasks(
         task_file = open_task_file(path)
         try:
             total = _total_lines(task_file, path) if count_lines_for_progress else None
-        except RunError:
+            job = JobId.of_task_file(path, os.fstat(task_file.fileno()))
+        except (RunError, OSError) as e:
             task_file.close()
+            if isinstance(e, OSError):
+                raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
             raise
         return _TaskSource(
             items=iter_open_task_file(task_file, path.resolve().parent),
+            job=job,
             out_dir=Path(out_dir) if out_dir is not None else Path("outputs") / path.stem,
             zip_name=f"{path.stem}.zip",
             name=str(path),
@@ -146,7 +160,12 @@ def _open_tasks(
     if out_dir is None:
         raise RunError("out_dir is required when tasks are given as mappings")
     out = Path(out_dir)
-    return _TaskSource(items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None), out_dir=out, zip_name=f"{out.resolve().name or 'batch'}.zip")
+    return _TaskSource(
+        items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None),
+        job=JobId(MAPPINGS_OWNER),
+        out_dir=out,
+        zip_name=f"{out.resolve().name or 'batch'}.zip",
+    )
 
 
 def _prepare_out_dir(out: Path, lock: OutputLock) -> None:
@@ -160,6 +179,21 @@ def _prepare_out_dir(out: Path, lock: OutputLock) -> None:
         clean_stale_temp_files(out)
     except OSError as e:
         raise RunError(f"cannot read output folder {str(out)!r}: {e.strerror or e}") from None
+
+
+def _claim_out_dir(source: _TaskSource, *, adopt: bool, make_zip: bool, fsync: bool) -> FolderState:
+    """Refuse a folder another job owns (unless `adopt`) or run files the tool did not write,
+    before any time goes into loading the engine."""
+    try:
+        folder = FolderState(source.out_dir, fsync=fsync)
+        run_files = [MANIFEST_NAME, SUMMARY_NAME, source.zip_name]
+        folder.claim(source.job, adopt=adopt, run_files=run_files)
+    except OSError as e:
+        raise RunError(f"cannot write the state of {str(source.out_dir)!r}: {e.strerror or e}") from None
+    never = {source.job.file} if source.job.file else set()
+    for name in run_files if make_zip else run_files[:2]:
+        folder.check_run_file(name, never=never)
+    return folder
 
 
 def _total_lines(task_file: BinaryIO, path: Path) -> int | None:

@@ -70,6 +70,8 @@ def main() -> None:
 @click.option("--no-zip", is_flag=True, help="Do not pack <stem>.zip.")
 @click.option("--max-failures", type=click.IntRange(min=1), help="Stop after N failed tasks.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress log lines.")
+@click.option("--adopt", is_flag=True,
+              help="Let this task file take over an output folder another task file's job owns.")
 def run(
     task_file: Path,
     out_dir: Path | None,
@@ -89,6 +91,7 @@ def run(
     no_zip: bool,
     max_failures: int | None,
     no_progress: bool,
+    adopt: bool,
 ) -> None:
     """Synthesise every task in TASK_FILE (JSONL)."""
     if click.get_current_context().get_parameter_source("model_dir") is ParameterSource.ENVIRONMENT:
@@ -115,9 +118,10 @@ def run(
         make_zip=not no_zip,
         max_failures=max_failures,
         progress=False if no_progress else None,
+        adopt=adopt,
     )
-    parts = [f"{summary.ok} ok", f"{summary.failed} failed", f"{summary.invalid} invalid",
-             f"{summary.skipped} skipped ({summary.resumed} resumed)"]
+    parts = [f"{summary.ok} ok ({summary.resumed} resumed)", f"{summary.failed} failed",
+             f"{summary.invalid} invalid", f"{summary.skipped} skipped"]
     click.echo(f"{PREFIX}{', '.join(parts)}; {summary.audio_seconds:.1f} s of audio "
                f"in {summary.wall_seconds:.1f} s", err=True)
     if summary.interrupted:

@@ -6,13 +6,15 @@ run as a whole cannot start. Each class carries the exit code the CLI ends with
 when it escapes (click's `ClickException.exit_code` style), so the CLI maps
 exceptions to codes in one place by reading `exc.exit_code`.
 
-Exit codes of a run: 0 every task ok or resumed; 1 a task failed or a line was
-invalid; 2 the run could not start; 130 / 143 interrupted by SIGINT / SIGTERM.
+Exit codes of a run: 0 every task ok (resumed ones included); 1 a task failed or a
+line was invalid; 2 the run could not start, or could not write its zip; 130 / 143
+interrupted by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
@@ -51,6 +53,15 @@ class RunError(GlmttsBatchError):
     """The run cannot start: bad arguments, unreadable task file, engine failed to load."""
 
     exit_code = EXIT_RUN_ERROR
+
+
+class OutputWriteError(RunError):
+    """A run file (the zip) could not be written after the tasks ran. `summary` is the run's
+    `Summary` (summary.json is written and says what failed); a re-run completes it."""
+
+    def __init__(self, message: str, *, summary: Any = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class LockedError(RunError):

@@ -14,10 +14,25 @@ exception (a broad `except BaseException`, or a ctypes callback, which prints an
 discards it) and return partial audio: a task whose call was abandoned is never
 written or journaled, whatever the engine did with the exception.
 
-A task never replaces a file under its final name that this tool did not
-write (one the output folder's journal does not know, e.g. the voice prompt
-itself with `--out .`): that task is `failed` with field `output_name`.
-Exit codes (errors.py): 0 all ok or resumed; 1 a task failed or a line was
+Whose file is it: a task never replaces a file under its final name that this
+tool did not write: the journal knows exactly that name (case and Unicode form
+included), or the file carries the tool's tag (`writers.FileTag`, e.g. a RIFF INFO
+chunk), which holds when the journal is lost. A symbolic link, the task file or a
+prompt file at that name is never replaced either; such a task is `failed` with
+field `output_name`. Resuming uses the journal, else the tag: a file tagged with
+the task's resume key is the task's output (its journal entry is rebuilt); one
+tagged with another key is redone and replaced, as is every tagged file with
+`resume=False`.
+
+Finishing: the zip is written first (holding the summary as built in memory), then
+summary.json, so summary.json names the zip only once it exists. When the zip cannot
+be written, summary.json says so (`zip: null`, `zip_error`) and `OutputWriteError`
+(exit 2) is raised; a re-run resumes every task and writes the zip. Run files
+(manifest, summary, zip) are only written where `state.FolderState` allows, and
+registered there before they are renamed into place; a stale zip (a `--no-zip` or
+interrupted run) is removed only if the tool wrote it.
+
+Exit codes (errors.py): 0 all ok (resumed included); 1 a task failed or a line was
 invalid; 130 interrupted by SIGINT, 143 by SIGTERM (2, a run that cannot start,
 is raised as `RunError` before the loop). Records are built and the summary is
 assembled in manifest.py; the output format comes from `RunSettings.writer`.
@@ -26,8 +41,11 @@ assembled in manifest.py; the output format comes from `RunSettings.writer`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -35,10 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from .digests import FileDigests
 from .engines.base import Engine, Synthesis, SynthesisRequest
-from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, RunError, TaskError
+from .errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGNAL, EXIT_TASKS_FAILED, OutputWriteError, RunError, TaskError
 from .manifest import (
+    MANIFEST_NAME,
+    SUMMARY_NAME,
     Journal,
     ManifestWriter,
     Record,
@@ -54,12 +76,14 @@ from .manifest import (
     resume_key,
     resumed_record,
     skipped_record,
+    summary_bytes,
     write_summary,
 )
 from .outputs import AudioInfo, write_audio, write_zip
 from .progress import Progress
+from .state import FileId, FolderState, file_id
 from .tasks import InvalidLine, Task, TaskOrInvalid
-from .writers import DEFAULT_WRITER, AudioWriter
+from .writers import DEFAULT_WRITER, AudioWriter, our_tag
 
 __all__ = ["BatchRunner", "RunSettings", "SignalGuard", "Summary", "is_out_of_memory"]
 
@@ -77,6 +101,7 @@ class RunSettings:
     total_lines: int | None = None
     task_source: str | None = None
     writer: AudioWriter = field(default=DEFAULT_WRITER)  # the output files' format and suffix
+    task_file: FileId | None = None  # (st_dev, st_ino) of the task file: never an output target
 
 
 class _Abandon(BaseException):
@@ -150,11 +175,15 @@ class BatchRunner:
         settings: RunSettings,
         *,
         prompt_digests: FileDigests | None = None,
+        folder: FolderState | None = None,
     ) -> None:
         self.engine = engine
         self.info = engine.info
         self.items = items
         self.settings = settings
+        self._folder = folder
+        # Files never written over: the task file and every prompt file seen so far.
+        self._inputs: set[FileId] = {settings.task_file} if settings.task_file else set()
         # Each prompt file is hashed once per run: for the resume key, and handed to the
         # engine in the request so its prompt cache need not read the file again.
         self.prompt_digests = prompt_digests or FileDigests()
@@ -174,6 +203,8 @@ class BatchRunner:
         """Every line through `_process`, its record streamed to the manifest (committed at the end)."""
         out_dir, fsync = self.settings.out_dir, self.settings.fsync
         progress = Progress(self.settings.total_lines, enabled=self.settings.progress)
+        if self._folder is None:
+            self._folder = FolderState(out_dir, fsync=fsync)
         try:
             self._journal = Journal(out_dir, fsync=fsync)
         except OSError as e:
@@ -195,16 +226,22 @@ class BatchRunner:
                 if guard.signum is not None and self.stop_reason is None:
                     self.stop_reason = "interrupted"
             progress.close()
-            manifest.commit()
+            self._folder.check_run_file(MANIFEST_NAME, never=self._inputs)
+            manifest.commit(before_replace=lambda: self._folder_state.register(MANIFEST_NAME))
         except BaseException:
             manifest.abort()
             raise
         finally:
             self._journal.close()
 
+    @property
+    def _folder_state(self) -> FolderState:
+        assert self._folder is not None, "set in _write_manifest"
+        return self._folder
+
     def _finish(self, guard: SignalGuard, started_at: str, wall_seconds: float) -> Summary:
-        """summary.json and the zip (or the removal of a stale one)."""
-        settings = self.settings
+        """The zip (or the removal of a stale one of ours), then summary.json."""
+        settings, folder = self.settings, self._folder_state
         signum = guard.signum  # a signal after this point lets the finished run complete
         interrupted = signal.Signals(signum).name if signum is not None else None
         zip_path = settings.out_dir / settings.zip_name
@@ -227,12 +264,44 @@ class BatchRunner:
             started_at=started_at,
             finished_at=_timestamp(),
         )
-        write_summary(summary, facts, fsync=settings.fsync)
+        folder.check_run_file(SUMMARY_NAME, never=self._inputs)
         if summary.zip is not None:
-            write_zip(summary.zip, settings.out_dir, summary.manifest, summary.summary, fsync=settings.fsync)
-        elif zip_path.exists():
-            zip_path.unlink()  # it would no longer match the manifest
+            try:
+                folder.check_run_file(settings.zip_name, never=self._inputs)
+                folder.register(settings.zip_name)
+                write_zip(
+                    summary.zip,
+                    settings.out_dir,
+                    summary.manifest,
+                    summary.summary,
+                    summary_bytes(summary, facts),
+                    fsync=settings.fsync,
+                )
+            except (OSError, RunError) as e:
+                why = e.strerror or str(e) if isinstance(e, OSError) else str(e)
+                summary = dataclasses.replace(
+                    summary, zip=None, zip_error=f"cannot write {str(zip_path)!r}: {why}", exit_code=EXIT_RUN_ERROR
+                )
+        else:
+            self._remove_stale_zip(zip_path)
+        folder.register(SUMMARY_NAME)
+        write_summary(summary, facts, fsync=settings.fsync)
+        if summary.zip_error is not None:
+            raise OutputWriteError(
+                f"{summary.zip_error}; manifest.jsonl and summary.json are written (zip: null): "
+                "re-run the same command to write the zip (finished tasks are resumed)",
+                summary=summary,
+            )
         return summary
+
+    def _remove_stale_zip(self, zip_path: Path) -> None:
+        """A zip of ours would no longer match the manifest; anyone else's zip is left alone."""
+        try:
+            self._folder_state.check_run_file(zip_path.name, never=self._inputs)
+        except RunError:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            zip_path.unlink()
 
     def _exit_code(self, signum: int | None) -> int:
         if signum is not None:
@@ -257,29 +326,103 @@ class BatchRunner:
     def _run_task(self, task: Task, guard: SignalGuard) -> Record:
         seed = effective_seed(task, self.settings.seed)
         try:
-            prompt_sha = self.prompt_digests(task.prompt_audio) if task.prompt_audio else None
+            prompt_sha = None
+            if task.prompt_audio:
+                prompt_sha = self.prompt_digests(task.prompt_audio)
+                prompt_id = file_id(task.prompt_audio)
+                if prompt_id is not None:
+                    self._inputs.add(prompt_id)
             key = resume_key(task, seed, self.info, prompt_sha, self.settings.writer)
-            journaled = self._journal.lookup(task, key) if self.settings.resume else None
-            if journaled is not None:
-                return resumed_record(task, self.info, self.settings.seed, journaled)
-            return self._synthesize(task, seed, key, prompt_sha, guard)
+            file_name = f"{task.output_name}.{self.settings.writer.suffix}"
+            if self.settings.resume:
+                journaled = self._journal.lookup(task, key, file_name)
+                if journaled is None:
+                    journaled = self._tagged_output(task, key, file_name)
+                if journaled is not None:
+                    return resumed_record(task, self.info, self.settings.seed, journaled)
+            return self._synthesize(task, seed, key, prompt_sha, file_name, guard)
         except _Abandon:
             self.stop_reason = "interrupted"
             return skipped_record(task, self.info, self.settings.seed, "interrupted")
         except Exception as exc:  # noqa: BLE001 - one task's failure must not end the run
             return self._failed(task, exc)
 
-    def _synthesize(self, task: Task, seed: int, key: str, prompt_sha: str | None, guard: SignalGuard) -> Record:
-        writer = self.settings.writer
-        file_name = f"{task.output_name}.{writer.suffix}"
+    def _tagged_output(self, task: Task, key: str, file_name: str) -> dict[str, Any] | None:
+        """The file's audio fields when it carries our tag with this task's key (the journal
+        lost it: deleted state, a folder copied without dot files); its entry is rebuilt."""
         path = self.settings.out_dir / file_name
-        # Checked before synthesis so no time is spent on audio that cannot be written.
-        if os.path.lexists(path) and not self._journal.knows(task.output_name):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in self._inputs:
+                return None
+            tag = self.settings.writer.read_tag(fd)
+            if tag is None or not tag.ours or tag.key != key:
+                return None
+            digest = hashlib.sha256()
+            offset = 0
+            while block := os.pread(fd, 1 << 20, offset):
+                digest.update(block)
+                offset += len(block)
+            os.lseek(fd, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                info = sf.info(f)
+        except (OSError, RuntimeError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        audio = {
+            "wav": file_name,
+            "duration_s": round(info.frames / info.samplerate, 6),
+            "sample_rate": info.samplerate,
+            "sha256": digest.hexdigest(),
+            "warnings": [],
+            "details": {},
+        }
+        self._journal.append(key, resumed_record(task, self.info, self.settings.seed, audio))
+        return audio
+
+    def _check_replaceable(self, path: Path, output_name: str) -> None:
+        """Raise `TaskError` unless `path` is absent or a file this tool wrote (see the module docstring)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) in self._inputs:
             raise TaskError(
-                f"{str(path)!r} already exists and was not written by glmtts-batch; "
-                "refusing to replace it (rename the task's output_name, move the file, or choose another --out)",
+                f"{str(path)!r} is the task file or a prompt file; refusing to write the output over it "
+                "(rename the task's output_name or choose another --out)",
                 field="output_name",
             )
+        if stat.S_ISREG(st.st_mode) and (self._journal.knows(output_name) or self._tagged_ours(path)):
+            return
+        raise TaskError(
+            f"{str(path)!r} already exists and was not written by glmtts-batch; "
+            "refusing to replace it (rename the task's output_name, move the file, or choose another --out)",
+            field="output_name",
+        )
+
+    def _tagged_ours(self, path: Path) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            tag = self.settings.writer.read_tag(fd)
+        finally:
+            os.close(fd)
+        return tag is not None and tag.ours
+
+    def _synthesize(
+        self, task: Task, seed: int, key: str, prompt_sha: str | None, file_name: str, guard: SignalGuard
+    ) -> Record:
+        writer = self.settings.writer
+        path = self.settings.out_dir / file_name
+        # Checked before synthesis so no time is spent on audio that cannot be written.
+        self._check_replaceable(path, task.output_name)
         request = SynthesisRequest(
             text=task.text,
             prompt_audio=task.prompt_audio,
@@ -304,6 +447,7 @@ class BatchRunner:
             synthesis.audio,
             synthesis.sample_rate,
             writer=writer,
+            tag=our_tag(key),
             fsync=self.settings.fsync,
             before_replace=journal_before_rename,
         )
