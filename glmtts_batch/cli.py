@@ -14,9 +14,9 @@ from . import __version__
 from .api import check_tasks, run_batch
 from .engines.base import EngineOptions
 from .errors import EXIT_SIGNAL, GlmttsBatchError
-from .log import PREFIX, log_to_stderr
 from .glmtts.checkpoint_writers import PRESETS
 from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
+from .log import PREFIX, log_to_stderr
 from .tasks import InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER
 

@@ -63,10 +63,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from . import __version__
 from .digests import sha256_file
 from .engines.base import EngineInfo, Synthesis
 from .errors import InvalidTaskError
-from . import __version__
 from .outputs import (
     AudioInfo,
     create_exclusive,
@@ -151,7 +151,9 @@ def _task_record(task: Task, status: Status, info: EngineInfo, run_seed: int) ->
     )
 
 
-def ok_record(task: Task, info: EngineInfo, run_seed: int, file_name: str, audio: AudioInfo, synthesis: Synthesis) -> Record:
+def ok_record(
+    task: Task, info: EngineInfo, run_seed: int, file_name: str, audio: AudioInfo, synthesis: Synthesis
+) -> Record:
     record = _task_record(task, "ok", info, run_seed)
     record.wav = file_name
     record.duration_s = audio.duration_s
@@ -162,7 +164,9 @@ def ok_record(task: Task, info: EngineInfo, run_seed: int, file_name: str, audio
     return record
 
 
-def failed_record(task: Task, info: EngineInfo, run_seed: int, exc: BaseException, *, type_name: str | None = None) -> Record:
+def failed_record(
+    task: Task, info: EngineInfo, run_seed: int, exc: BaseException, *, type_name: str | None = None
+) -> Record:
     record = _task_record(task, "failed", info, run_seed)
     record.error = error_dict(exc, type_name=type_name)
     return record
@@ -346,7 +350,9 @@ class Journal:
         if entry["key"] != key or record.get("wav") != file_name:
             return None
         try:
-            if not (self.out_dir / file_name).is_file() or sha256_file(self.out_dir / file_name) != record.get("sha256"):
+            if not (self.out_dir / file_name).is_file() or sha256_file(self.out_dir / file_name) != record.get(
+                "sha256"
+            ):
                 return None
         except OSError:
             return None

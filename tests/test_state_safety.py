@@ -347,7 +347,11 @@ def test_a_lost_journal_still_resumes_the_tools_own_wavs(tmp_path: Path, how: st
     assert (s.ok, s.resumed, s.failed, s.exit_code, engine.requests) == (3, 3, 0, 0, [])
     for before, after in zip(reference, manifest(out), strict=True):
         assert (after["status"], after["resumed"], after["sha256"], after["wav"]) == (
-            "ok", True, before["sha256"], before["wav"])
+            "ok",
+            True,
+            before["sha256"],
+            before["wav"],
+        )
     assert s.zip is not None and s.zip.exists() and first.zip is not None
     # the journal was rebuilt: the next run resumes from it
     assert run(tasks, out).resumed == 3 and len((out / STATE / "journal.jsonl").read_bytes().splitlines()) == 3
