@@ -205,6 +205,10 @@ class BatchRunner:
         progress = Progress(self.settings.total_lines, enabled=self.settings.progress)
         if self._folder is None:
             self._folder = FolderState(out_dir, fsync=fsync)
+        # INTEGRATION (journal compaction, issue 9): main's `journal_compact.compact_journal`
+        # belongs here, under the lock and before the Journal opens the file:
+        #     compact_journal(ensure_state_dir(out_dir) / JOURNAL_NAME, fsync=fsync)
+        # It must drop nothing `manifest._parse_line` can read (a glued entry is recovered there).
         try:
             self._journal = Journal(out_dir, fsync=fsync)
         except OSError as e:

@@ -94,7 +94,7 @@ def test_a_users_summary_or_zip_in_out_is_not_overwritten(tmp_path: Path, name: 
     assert (out / name).read_bytes() == b"the user's own file"
 
 
-def test_no_zip_and_interrupted_runs_leave_a_zip_they_did_not_write(tmp_path: Path) -> None:
+def test_a_no_zip_run_leaves_a_zip_it_did_not_write(tmp_path: Path) -> None:
     """--no-zip used to delete <stem>.zip, e.g. the archive the job came in."""
     out = tmp_path / "out"
     out.mkdir()
@@ -103,6 +103,12 @@ def test_no_zip_and_interrupted_runs_leave_a_zip_they_did_not_write(tmp_path: Pa
     delivered = (out / "t.zip").read_bytes()
     s = run(three_tasks(tmp_path), out, make_zip=False)
     assert (s.ok, s.zip, s.exit_code) == (3, None, 0)
+    assert (out / "t.zip").read_bytes() == delivered
+
+    # A run that would write the zip is refused before any task (and so never interrupted
+    # with the zip deleted): the file is not the tool's.
+    with pytest.raises(RunError, match="t.zip"):
+        run(three_tasks(tmp_path), out)
     assert (out / "t.zip").read_bytes() == delivered
 
 
