@@ -42,18 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import os
 import signal
-import stat
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import soundfile as sf
 
 from .digests import FileDigests
 from .engines.base import Engine, Synthesis, SynthesisRequest
@@ -81,7 +76,7 @@ from .manifest import (
 )
 from .outputs import AudioInfo, write_audio, write_zip
 from .progress import Progress
-from .state import FileId, FolderState, file_id
+from .state import FileId, FolderState, file_id, replace_refusal, tagged_audio
 from .tasks import InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER, AudioWriter, our_tag
 
@@ -354,71 +349,10 @@ class BatchRunner:
     def _tagged_output(self, task: Task, key: str, file_name: str) -> dict[str, Any] | None:
         """The file's audio fields when it carries our tag with this task's key (the journal
         lost it: deleted state, a folder copied without dot files); its entry is rebuilt."""
-        path = self.settings.out_dir / file_name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in self._inputs:
-                return None
-            tag = self.settings.writer.read_tag(fd)
-            if tag is None or not tag.ours or tag.key != key:
-                return None
-            digest = hashlib.sha256()
-            offset = 0
-            while block := os.pread(fd, 1 << 20, offset):
-                digest.update(block)
-                offset += len(block)
-            os.lseek(fd, 0, os.SEEK_SET)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                info = sf.info(f)
-        except (OSError, RuntimeError, ValueError):
-            return None
-        finally:
-            os.close(fd)
-        audio = {
-            "wav": file_name,
-            "duration_s": round(info.frames / info.samplerate, 6),
-            "sample_rate": info.samplerate,
-            "sha256": digest.hexdigest(),
-            "warnings": [],
-            "details": {},
-        }
-        self._journal.append(key, resumed_record(task, self.info, self.settings.seed, audio))
+        audio = tagged_audio(self.settings.out_dir / file_name, self.settings.writer, key, self._inputs)
+        if audio is not None:
+            self._journal.append(key, resumed_record(task, self.info, self.settings.seed, audio))
         return audio
-
-    def _check_replaceable(self, path: Path, output_name: str) -> None:
-        """Raise `TaskError` unless `path` is absent or a file this tool wrote (see the module docstring)."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if (st.st_dev, st.st_ino) in self._inputs:
-            raise TaskError(
-                f"{str(path)!r} is the task file or a prompt file; refusing to write the output over it "
-                "(rename the task's output_name or choose another --out)",
-                field="output_name",
-            )
-        if stat.S_ISREG(st.st_mode) and (self._journal.knows(output_name) or self._tagged_ours(path)):
-            return
-        raise TaskError(
-            f"{str(path)!r} already exists and was not written by glmtts-batch; "
-            "refusing to replace it (rename the task's output_name, move the file, or choose another --out)",
-            field="output_name",
-        )
-
-    def _tagged_ours(self, path: Path) -> bool:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            tag = self.settings.writer.read_tag(fd)
-        finally:
-            os.close(fd)
-        return tag is not None and tag.ours
 
     def _synthesize(
         self, task: Task, seed: int, key: str, prompt_sha: str | None, file_name: str, guard: SignalGuard
@@ -426,7 +360,9 @@ class BatchRunner:
         writer = self.settings.writer
         path = self.settings.out_dir / file_name
         # Checked before synthesis so no time is spent on audio that cannot be written.
-        self._check_replaceable(path, task.output_name)
+        refusal = replace_refusal(path, known=self._journal.knows(task.output_name), writer=writer, inputs=self._inputs)
+        if refusal is not None:
+            raise TaskError(refusal, field="output_name")
         request = SynthesisRequest(
             text=task.text,
             prompt_audio=task.prompt_audio,

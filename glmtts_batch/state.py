@@ -16,10 +16,16 @@ Anything else at such a name is a user's file: the run stops with `RunError` nam
 
 A folder written by a version without owner.json (its journal exists, the owner
 file does not) is adopted as it is, run files included.
+
+Audio files are the tool's when the journal knows exactly their name, or when they
+carry the tool's tag (`writers.FileTag`): `replace_refusal` says why a file may not be
+replaced (a user's file, a link, the task file or a prompt), and `tagged_audio` reads
+back a tagged file whose resume key matches, which is how a lost journal is rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -28,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from .errors import RunError
 from .manifest import JOURNAL_NAME, RECORD_KEYS, dumps
 from .outputs import ZIP_COMMENT, ensure_state_dir, fsync_dir, open_nofollow, write_bytes_atomic, zip_comment
-from .writers import TOOL_NAME
+from .writers import TOOL_NAME, AudioWriter
 
 OWNER_NAME = "owner.json"
 OWNER_VERSION = 1
@@ -191,3 +199,73 @@ def _says_ours(path: Path, name: str) -> bool:
         return tuple(doc) == RECORD_KEYS
     generator = doc.get("generator")
     return isinstance(generator, str) and generator.startswith(TOOL_NAME)
+
+
+def replace_refusal(path: Path, *, known: bool, writer: AudioWriter, inputs: Collection[FileId]) -> str | None:
+    """None when the audio file at `path` may be written: nothing is there, or a regular file
+    the tool wrote (`known` to the journal under exactly this name, or tagged by the tool)
+    that is not one of `inputs` (the task file, prompts). Otherwise the reason, for the task's error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if (st.st_dev, st.st_ino) in inputs:
+        return (
+            f"{str(path)!r} is the task file or a prompt file; refusing to write the output over it "
+            "(rename the task's output_name or choose another --out)"
+        )
+    if stat.S_ISREG(st.st_mode) and (known or _tagged_by_us(path, writer)):
+        return None
+    return (
+        f"{str(path)!r} already exists and was not written by glmtts-batch; refusing to replace it "
+        "(rename the task's output_name, move the file, or choose another --out)"
+    )
+
+
+def _tagged_by_us(path: Path, writer: AudioWriter) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        tag = writer.read_tag(fd)
+    finally:
+        os.close(fd)
+    return tag is not None and tag.ours
+
+
+def tagged_audio(path: Path, writer: AudioWriter, key: str, inputs: Collection[FileId]) -> dict[str, Any] | None:
+    """The manifest's audio fields of the file at `path` when it is a regular file carrying
+    the tool's tag with resume key `key`; else None. Engine details and warnings are not in
+    the file, so they come back empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in inputs:
+            return None
+        tag = writer.read_tag(fd)
+        if tag is None or not tag.ours or tag.key != key:
+            return None
+        digest = hashlib.sha256()
+        offset = 0
+        while block := os.pread(fd, 1 << 20, offset):
+            digest.update(block)
+            offset += len(block)
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            info = sf.info(f)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return {
+        "wav": path.name,
+        "duration_s": round(info.frames / info.samplerate, 6),
+        "sample_rate": info.samplerate,
+        "sha256": digest.hexdigest(),
+        "warnings": [],
+        "details": {},
+    }
