@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -402,15 +403,24 @@ def test_a_resumed_run_reports_every_finished_task_as_ok(tmp_path: Path) -> None
 # The zip and summary.json ----------------------------------------------------------------
 
 
+def disk_fills_while_zipping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zip writer gets part-way through its temp file, then the disk is full."""
+    import glmtts_batch.runner as runner_module
+    from glmtts_batch.outputs import atomic_file
+
+    def write_zip(zip_path: Path, *args, fsync: bool = True, **kw) -> int:
+        with atomic_file(zip_path, fsync=fsync) as f:
+            f.write(b"PK\x03\x04 the first members")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner_module, "write_zip", write_zip)
+
+
 def test_a_zip_that_cannot_be_written_is_a_clear_error_and_summary_names_no_zip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tasks, out = three_tasks(tmp_path), tmp_path / "out"
-
-    def disk_full(self, *a, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(zipfile.ZipFile, "write", disk_full)
+    disk_fills_while_zipping(monkeypatch)
     with pytest.raises(RunError, match="t.zip.*No space left on device.*re-run") as exc:
         run(tasks, out)
     monkeypatch.undo()
@@ -429,3 +439,52 @@ def test_a_zip_that_cannot_be_written_is_a_clear_error_and_summary_names_no_zip(
     with zipfile.ZipFile(out / "t.zip") as zf:
         assert json.loads(zf.read("summary.json"))["zip"] == "t.zip"
         assert sorted(zf.namelist()) == ["a.wav", "b.wav", "c.wav", "manifest.jsonl", "summary.json"]
+
+
+def test_a_zip_failure_exits_2_from_the_cli_with_the_zip_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from glmtts_batch import cli
+
+    monkeypatch.setattr("glmtts_batch.api._load_engine", lambda name, options, log: FakeEngine())
+    disk_fills_while_zipping(monkeypatch)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli.main, ["run", str(three_tasks(tmp_path)), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert "error: cannot write" in r.output and "t.zip" in r.output and "No space left" in r.output
+
+
+def test_the_wav_tag_keeps_the_audio_and_reads_back() -> None:
+    from glmtts_batch.writers import WavWriter, our_tag
+
+    writer, key = WavWriter(), "ab" * 32
+    audio = np.sin(np.arange(999, dtype=np.float32) / 7)
+    tagged, n = writer.encode(audio, 22050, our_tag(key))
+    plain, m = writer.encode(audio, 22050)
+    assert n == m == 999 and b"LIST" in tagged and b"LIST" not in plain
+    pcm_tagged, rate = sf.read(io.BytesIO(tagged), dtype="int16")
+    pcm_plain, _ = sf.read(io.BytesIO(plain), dtype="int16")
+    assert rate == 22050 and np.array_equal(pcm_tagged, pcm_plain)
+    r, w = os.pipe()
+    os.close(w)
+    try:
+        assert writer.read_tag(r) is None  # not a WAV: no tag, no error
+    finally:
+        os.close(r)
+
+
+def test_an_earlier_output_used_as_a_prompt_is_never_overwritten(tmp_path: Path) -> None:
+    """Chaining jobs: line 1 clones the voice of a WAV the tool wrote; line 2 has that WAV's name."""
+    out = tmp_path / "out"
+    first = write_tasks(tmp_path / "t.jsonl", [{"input_text": "the narrator", "output_name": "voice"}])
+    assert run(first, out).ok == 1
+    voice = (out / "voice.wav").read_bytes()
+    chained = write_tasks(
+        tmp_path / "t.jsonl",
+        [
+            {"input_text": "in that voice", "output_name": "next", "prompt_audio": "out/voice.wav"},
+            {"input_text": "something else", "output_name": "voice"},
+        ],
+    )
+    s = run(chained, out)
+    assert (s.ok, s.failed) == (1, 1)
+    assert "prompt file" in manifest(out)[1]["error"]["message"]
+    assert (out / "voice.wav").read_bytes() == voice
