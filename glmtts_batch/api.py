@@ -14,9 +14,10 @@ from .engines.base import Engine, EngineOptions
 from .errors import CheckpointError, RunError, TaskError
 from .lock import OutputLock
 from .log import Log, log_to_stderr
-from .manifest import Summary
+from .manifest import MANIFEST_NAME, SUMMARY_NAME, Summary
 from .outputs import clean_stale_temp_files
 from .runner import BatchRunner, RunSettings
+from .state import MAPPINGS_OWNER, FolderState, JobId
 from .tasks import (
     MAX_SEED,
     InvalidLine,
@@ -52,6 +53,7 @@ def run_batch(
     writer: AudioWriter = DEFAULT_WRITER,
     cancel: threading.Event | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    adopt: bool = False,
 ) -> Summary:
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
@@ -68,8 +70,12 @@ def run_batch(
 
     `cancel` (a `threading.Event`) stops the run as a first SIGTERM does, from any
     thread: the current task finishes, the rest is recorded as skipped/interrupted,
-    exit code 143, no zip. `on_record(record)` is called with each manifest record
-    as it is written (live progress for an embedding server).
+    exit code 143, no zip, and no further line is read. `on_record(record)` is called
+    with each manifest record as it is written (live progress for an embedding server).
+
+    An output folder belongs to the job that first ran into it (its task file, or
+    "<mappings>" for task mappings); another job is refused with `RunError` unless
+    `adopt=True` hands the folder over to it (see `state`).
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
     a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`). A run that
@@ -87,6 +93,7 @@ def run_batch(
         cleanup.callback(source.close)
         cleanup.callback(lock.release)
         _prepare_out_dir(source.out_dir, lock)
+        folder = _claim_out_dir(source, adopt=adopt, make_zip=make_zip, fsync=fsync)
         if isinstance(engine, str):
             engine = _load_engine(engine, options, log)
             cleanup.callback(engine.close)
@@ -106,11 +113,13 @@ def run_batch(
             cancel=cancel,
             on_record=on_record,
             line_count=source.line_count,
+            task_file=source.job.file,
+            log=log,
         )
         items = source.items
         if not engine.info.clones_voice:
             items = _warn_at_first_prompt(items, engine.info.name, log)
-        return BatchRunner(engine, items, settings).run()
+        return BatchRunner(engine, items, settings, folder=folder).run()
 
 
 def _check_run_arguments(seed: object, max_failures: object) -> None:
@@ -129,6 +138,7 @@ class _TaskSource:
     items: Iterator[TaskOrInvalid]
     out_dir: Path
     zip_name: str
+    job: JobId  # who owns the output folder (state.py)
     name: str | None = None  # the task file, for summary.json
     total_lines: int | None = None  # for the progress bar
     file: BinaryIO | None = None  # the open task file, closed after the run
@@ -151,11 +161,15 @@ def _open_tasks(
         task_file = open_task_file(path)
         try:
             total = _total_lines(task_file, path) if count_lines_for_progress else None
-        except RunError:
+            job = JobId.of_task_file(path, os.fstat(task_file.fileno()))
+        except (RunError, OSError) as e:
             task_file.close()
+            if isinstance(e, OSError):
+                raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
             raise
         return _TaskSource(
             items=iter_open_task_file(task_file, task_base_dir(path, task_file)),
+            job=job,
             out_dir=Path(out_dir) if out_dir is not None else Path("outputs") / path.stem,
             zip_name=f"{path.stem}.zip",
             name=str(path),
@@ -171,6 +185,7 @@ def _open_tasks(
     sized = tasks if isinstance(tasks, Sized) else None
     return _TaskSource(
         items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None),
+        job=JobId(MAPPINGS_OWNER),
         out_dir=out,
         zip_name=f"{out.resolve().name or 'batch'}.zip",
         line_count=(lambda: len(sized)) if sized is not None else None,
@@ -188,6 +203,21 @@ def _prepare_out_dir(out: Path, lock: OutputLock) -> None:
         clean_stale_temp_files(out)
     except OSError as e:
         raise RunError(f"cannot read output folder {str(out)!r}: {e.strerror or e}") from None
+
+
+def _claim_out_dir(source: _TaskSource, *, adopt: bool, make_zip: bool, fsync: bool) -> FolderState:
+    """Refuse a folder another job owns (unless `adopt`) or run files the tool did not write,
+    before any time goes into loading the engine."""
+    try:
+        folder = FolderState(source.out_dir, fsync=fsync)
+        run_files = [MANIFEST_NAME, SUMMARY_NAME, source.zip_name]
+        folder.claim(source.job, adopt=adopt, run_files=run_files)
+    except OSError as e:
+        raise RunError(f"cannot write the state of {str(source.out_dir)!r}: {e.strerror or e}") from None
+    never = {source.job.file} if source.job.file else set()
+    for name in run_files if make_zip else run_files[:2]:
+        folder.check_run_file(name, never=never)
+    return folder
 
 
 def _total_lines(task_file: BinaryIO, path: Path) -> int | None:

@@ -160,6 +160,8 @@ def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
 @click.option("--no-zip", is_flag=True, help="Do not pack <stem>.zip.")
 @click.option("--max-failures", type=click.IntRange(min=1), help="Stop after N failed tasks.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress log lines.")
+@click.option("--adopt", is_flag=True,
+              help="Let this task file take over an output folder another task file's job owns.")
 def run(
     task_file: Path,
     out_dir: Path | None,
@@ -168,6 +170,7 @@ def run(
     no_zip: bool,
     max_failures: int | None,
     no_progress: bool,
+    adopt: bool,
     **engine_params: Any,
 ) -> None:
     """Synthesise every task in TASK_FILE (JSONL)."""
@@ -182,9 +185,10 @@ def run(
         make_zip=not no_zip,
         max_failures=max_failures,
         progress=False if no_progress else None,
+        adopt=adopt,
     )
-    parts = [f"{summary.ok} ok", f"{summary.failed} failed", f"{summary.invalid} invalid",
-             f"{summary.skipped} skipped ({summary.resumed} resumed)"]
+    parts = [f"{summary.ok} ok ({summary.resumed} resumed)", f"{summary.failed} failed",
+             f"{summary.invalid} invalid", f"{summary.skipped} skipped"]
     _echo(f"{PREFIX}{', '.join(parts)}; {summary.audio_seconds:.1f} s of audio "
                f"in {summary.wall_seconds:.1f} s", err=True)
     if summary.interrupted:

@@ -6,7 +6,7 @@ run as a whole cannot start. Each class carries the exit code the CLI ends with
 when it escapes (click's `ClickException.exit_code` style), so the CLI maps
 exceptions to codes in one place by reading `exc.exit_code`.
 
-Exit codes of a run: 0 every task ok or resumed; 1 a task failed or a line was
+Exit codes of a run: 0 every task ok (resumed ones included); 1 a task failed or a line was
 invalid; 2 the run could not start, or its task source broke off mid-run
 (`TaskSourceError`); 3 the manifest, summary.json or the zip could not be written
 (`OutputWriteError`: a full disk, an I/O error; the WAVs and the journal are kept, so

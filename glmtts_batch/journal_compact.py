@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import JOURNAL_VERSION, parse_journal_line
 from .outputs import fsync_dir
 
-JOURNAL_VERSION = 1  # the entry format this code understands (manifest.JOURNAL_VERSION)
+
 COMPACT_SUFFIX = ".compact-tmp"
 
 
@@ -101,7 +102,9 @@ def _entry_name(raw: bytes) -> str | int | None:
     try:
         entry = json.loads(raw)
     except ValueError:
-        return None
+        # An entry glued after torn bytes is one the Journal reads: keep its line as it is.
+        parsed = parse_journal_line(raw)
+        return parsed[1]["output_name"] if parsed is not None else None
     if not isinstance(entry, dict) or not isinstance(entry.get("output_name"), str):
         return None
     if entry.get("v") != JOURNAL_VERSION:

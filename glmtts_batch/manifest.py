@@ -6,28 +6,29 @@ input order. Every record has the same keys (null where not applicable):
     line          1-based physical line number in the task file (or position in the list)
     output_name   WAV name without ".wav" (null when the line had no usable name)
     status        ok | failed | invalid | skipped
-    wav           relative path of the audio file (ok, and skipped with resumed=true); a WAV
-                  with the default writer, the key keeps its name for other formats
+    wav           file name of the audio file (ok records); a WAV with the default
+                  writer, the key keeps its name for other formats
     duration_s, sample_rate, sha256   of that WAV
     engine, model engine name and model identity (EngineInfo)
     seed          effective seed: the task's `seed`, else the run seed
     elapsed_s     wall time spent on this line in this run
     resumed       true when the WAV was carried over from an earlier run
-    reason        why a line was skipped: "resumed", "max_failures" or "interrupted"
+    reason        why a line was skipped: "max_failures" or "interrupted"
     error         {type, message, field} for failed and invalid lines
     text, prompt_audio, prompt_text, phoneme   the task's inputs
     warnings, details                          from the engine's Synthesis
 
-Status semantics:
-    ok       synthesised in this run; the WAV is written.
+Status semantics (the manifest describes the outputs, not the run history):
+    ok       the task's WAV is there and matches its inputs: synthesised in this run, or
+             (`resumed: true`) by an earlier one, whose journaled record's
+             wav/sha256/duration/warnings/details are carried over, so a job that took
+             several runs has the same manifest as one uninterrupted run apart from
+             `resumed` and `elapsed_s` (RUN_DEPENDENT_KEYS).
     failed   the line was valid but synthesis (or writing) raised; the run went on. Also
              when a file this tool did not write already has the task's WAV name
              (error field `output_name`): it is never replaced.
     invalid  the line failed validation (bad JSON, wrong type, unsafe name, ...).
-    skipped  either resumed (`resumed: true`, `reason: "resumed"`: an earlier run
-             wrote a WAV whose hash the journal recorded for these exact inputs;
-             wav/sha256/duration/details are carried over) or not run
-             (`reason: "max_failures"` or `"interrupted"`; no wav).
+    skipped  not run: `reason` "max_failures" or "interrupted"; no wav.
 
 The manifest is streamed to a temporary file and renamed into place at the end.
 
@@ -35,11 +36,17 @@ The journal (`.glmtts-batch/journal.jsonl`) is append-only: once a WAV's temp
 file is complete and just before it is renamed into place, one line recording
 the WAV's resume key and its full ok record is appended, flushed and fsynced.
 A later run looks names up there to resume (only when the WAV on disk still has
-the recorded sha256, so an entry whose rename never happened is harmless); a
-torn last line (killed mid-write) is cut off when the journal opens. Journaling
-before the rename means every WAV this tool ever put under a final name is known
-to the journal, which is how a run tells its own WAVs (free to overwrite) from a
-user's file that happens to have a task's name (never overwritten).
+the recorded sha256, so an entry whose rename never happened is harmless).
+Names are looked up exactly (case and Unicode form included): the journal knows
+`A.wav`, not a user's `a.wav`. Every entry starts on a fresh line: a torn last
+line (killed or out of disk space mid-write) is cut off when the journal opens and
+after a failed append, and if it cannot be cut, the next append starts with a line
+break; an unparsable line is skipped, keeping the good ones (an entry glued after
+torn bytes is recovered). Names read back (`output_name`, `wav`) are checked like
+a task's output_name, so a hand-edited entry cannot point outside the folder.
+Journaling before the rename means every WAV this tool put under a final name is
+known to the journal; the WAV's own tag (writers.FileTag) tells the same without
+it (see runner.py).
 
 Records are written as UTF-8 JSON; a string that cannot be encoded (a lone
 surrogate, e.g. from a file name in a non-UTF-8 locale) is written as a JSON \\u escape rather
@@ -51,16 +58,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from . import __version__
 from .digests import sha256_file
 from .engines.base import EngineInfo, Synthesis
-from .outputs import STATE_DIR, AudioInfo, fsync_dir, temp_path, write_bytes_atomic
-from .tasks import InvalidLine, Task, name_key
-from .writers import AudioWriter
+from .errors import InvalidTaskError
+from .outputs import (
+    AudioInfo,
+    create_exclusive,
+    ensure_state_dir,
+    fsync_dir,
+    open_nofollow,
+    temp_path,
+    write_bytes_atomic,
+)
+from .tasks import InvalidLine, Task, check_output_name
+from .writers import TOOL_NAME, AudioWriter
 
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "summary.json"
@@ -69,7 +86,7 @@ JOURNAL_VERSION = 1
 
 Status = Literal["ok", "failed", "invalid", "skipped"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "invalid", "skipped")
-SkipReason = Literal["resumed", "max_failures", "interrupted"]
+SkipReason = Literal["max_failures", "interrupted"]
 
 
 @dataclass
@@ -108,7 +125,7 @@ class Record:
 
 RECORD_KEYS = tuple(f.name for f in fields(Record))
 # Fields that legitimately differ between a resumed record and the original one.
-RUN_DEPENDENT_KEYS = ("status", "resumed", "reason", "elapsed_s")
+RUN_DEPENDENT_KEYS = ("resumed", "elapsed_s")
 # What a resumed record carries over from the journaled ok record.
 CARRIED_KEYS = ("wav", "duration_s", "sample_rate", "sha256", "warnings", "details")
 
@@ -134,7 +151,9 @@ def _task_record(task: Task, status: Status, info: EngineInfo, run_seed: int) ->
     )
 
 
-def ok_record(task: Task, info: EngineInfo, run_seed: int, file_name: str, audio: AudioInfo, synthesis: Synthesis) -> Record:
+def ok_record(
+    task: Task, info: EngineInfo, run_seed: int, file_name: str, audio: AudioInfo, synthesis: Synthesis
+) -> Record:
     record = _task_record(task, "ok", info, run_seed)
     record.wav = file_name
     record.duration_s = audio.duration_s
@@ -145,7 +164,9 @@ def ok_record(task: Task, info: EngineInfo, run_seed: int, file_name: str, audio
     return record
 
 
-def failed_record(task: Task, info: EngineInfo, run_seed: int, exc: BaseException, *, type_name: str | None = None) -> Record:
+def failed_record(
+    task: Task, info: EngineInfo, run_seed: int, exc: BaseException, *, type_name: str | None = None
+) -> Record:
     record = _task_record(task, "failed", info, run_seed)
     record.error = error_dict(exc, type_name=type_name)
     return record
@@ -159,12 +180,13 @@ def skipped_record(task: Task, info: EngineInfo, run_seed: int, reason: SkipReas
 
 
 def resumed_record(task: Task, info: EngineInfo, run_seed: int, journaled: Mapping[str, Any]) -> Record:
-    """A line whose file an earlier run wrote: the journaled ok record's audio fields carry over."""
-    record = _task_record(task, "skipped", info, run_seed)
+    """An ok line whose file an earlier run wrote: the journaled ok record's audio fields carry over."""
+    record = _task_record(task, "ok", info, run_seed)
     for key in CARRIED_KEYS:
         setattr(record, key, journaled.get(key))
+    record.warnings = list(record.warnings or [])
+    record.details = dict(record.details or {})
     record.resumed = True
-    record.reason = "resumed"
     return record
 
 
@@ -219,16 +241,18 @@ class ManifestWriter:
         self.path = out_dir / MANIFEST_NAME
         self._tmp = temp_path(self.path)
         self._fsync = fsync
-        self._f = open(self._tmp, "w", encoding="utf-8", newline="\n")
+        self._f = os.fdopen(create_exclusive(self._tmp), "w", encoding="utf-8", newline="\n")
 
     def write(self, record: Record) -> None:
         self._f.write(dumps(record.to_dict()) + "\n")
 
-    def commit(self) -> Path:
+    def commit(self, before_replace: Callable[[], None] | None = None) -> Path:
         self._f.flush()
         if self._fsync:
             os.fsync(self._f.fileno())
         self._f.close()
+        if before_replace is not None:
+            before_replace()
         os.replace(self._tmp, self.path)
         if self._fsync:
             fsync_dir(self.path.parent)
@@ -275,74 +299,139 @@ class Journal:
     """Append-only record of WAVs written, used to resume after a crash or a re-run.
 
     Only the byte offset of each name's latest entry is kept in memory; the
-    entry itself is re-read when that name comes up.
+    entry itself is re-read when that name comes up. The file is opened without
+    following links (a link planted at its name is refused with a `RunError`).
     """
 
     def __init__(self, out_dir: Path, *, fsync: bool = True) -> None:
         self.out_dir = out_dir
-        state = out_dir / STATE_DIR
-        state.mkdir(exist_ok=True)
-        self.path = state / JOURNAL_NAME
+        self.path = ensure_state_dir(out_dir) / JOURNAL_NAME
         self._fsync = fsync
-        self._index: dict[str, int] = {}  # name_key -> offset of that name's latest entry
-        self._append = open(self.path, "ab+")
-        self._load()
-        self._read = open(self.path, "rb")
+        self._index: dict[str, int] = {}  # exact output_name -> offset of that name's latest entry
+        self._fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        self._fresh_line = True  # the file ends with a line break (or is empty)
+        try:
+            self._load()
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def _load(self) -> None:
-        f = self._append
-        f.seek(0)
         offset = 0
-        good_end = 0
-        for raw in f:
+        for raw in _lines(self._fd):
             if not raw.endswith(b"\n"):
                 break  # torn last line from a killed run
-            entry = _parse_entry(raw)
-            if entry is not None:
-                self._index[name_key(entry["output_name"])] = offset
+            found = parse_journal_line(raw)
+            if found is not None:
+                start, entry = found
+                self._index[entry["output_name"]] = offset + start
             offset += len(raw)
-            good_end = offset
-        if good_end != os.fstat(f.fileno()).st_size:
-            f.truncate(good_end)
-        f.seek(0, os.SEEK_END)
+        self._cut(offset)
 
-    def lookup(self, task: Task, key: str) -> dict[str, Any] | None:
-        """The earlier ok record for this task if its WAV is still there, unchanged."""
-        offset = self._index.get(name_key(task.output_name))
+    def _cut(self, good_end: int) -> None:
+        """Drop a torn tail after `good_end`; if that fails, the next append starts a fresh line."""
+        size = os.fstat(self._fd).st_size
+        if size == good_end:
+            self._fresh_line = True
+            return
+        try:
+            os.ftruncate(self._fd, good_end)
+            self._fresh_line = True
+        except OSError:
+            self._fresh_line = False
+
+    def lookup(self, task: Task, key: str, file_name: str) -> dict[str, Any] | None:
+        """The earlier ok record for this task if its file `file_name` is still there, unchanged."""
+        offset = self._index.get(task.output_name)
         if offset is None:
             return None
-        self._read.seek(offset)
-        entry = _parse_entry(self._read.readline())
-        if entry is None or entry["key"] != key:
+        found = parse_journal_line(_read_line(self._fd, offset))
+        if found is None:
             return None
+        entry = found[1]
         record: dict[str, Any] = entry["record"]
-        wav = self.out_dir / record["wav"]
+        if entry["key"] != key or record.get("wav") != file_name:
+            return None
         try:
-            if not wav.is_file() or sha256_file(wav) != record["sha256"]:
+            if not (self.out_dir / file_name).is_file() or sha256_file(self.out_dir / file_name) != record.get(
+                "sha256"
+            ):
                 return None
         except OSError:
             return None
         return record
 
     def knows(self, output_name: str) -> bool:
-        """Whether an earlier (or this) run journaled a WAV under this name."""
-        return name_key(output_name) in self._index
+        """Whether an earlier (or this) run journaled a file under exactly this name."""
+        return output_name in self._index
 
     def append(self, key: str, record: Record) -> None:
         name = record.output_name
         if name is None:
             raise ValueError("only a record with an output_name can be journaled")
         entry = {"v": JOURNAL_VERSION, "key": key, "output_name": name, "record": record.to_dict()}
-        offset = self._append.tell()
-        self._append.write((dumps(entry) + "\n").encode("utf-8"))
-        self._append.flush()
-        if self._fsync:
-            os.fsync(self._append.fileno())
-        self._index[name_key(name)] = offset
+        data = (dumps(entry) + "\n").encode("utf-8")
+        if not self._fresh_line:
+            data = b"\n" + data
+        start = os.fstat(self._fd).st_size
+        try:
+            _write_all(self._fd, data)
+            if self._fsync:
+                os.fsync(self._fd)
+        except BaseException:
+            self._cut(start)  # e.g. the disk filled mid-line: no torn bytes before the next entry
+            raise
+        self._fresh_line = True
+        self._index[name] = start + (data[0] == 0x0A)
 
     def close(self) -> None:
-        self._append.close()
-        self._read.close()
+        os.close(self._fd)
+
+
+def _lines(fd: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """The file's lines (the last one possibly without its line break), read from the start."""
+    pending = b""
+    offset = 0
+    while block := os.pread(fd, chunk, offset):
+        offset += len(block)
+        pending += block
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _read_line(fd: int, offset: int, chunk: int = 1 << 16) -> bytes:
+    parts = []
+    while block := os.pread(fd, chunk, offset):
+        cut = block.find(b"\n")
+        if cut >= 0:
+            parts.append(block[: cut + 1])
+            break
+        parts.append(block)
+        offset += len(block)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def parse_journal_line(raw: bytes) -> tuple[int, dict[str, Any]] | None:
+    """(offset of the entry in the line, entry), or None. An entry glued after torn bytes
+    (an older version appended after a failed write) is found at its own start."""
+    entry = _parse_entry(raw)
+    if entry is not None:
+        return 0, entry
+    start = raw.rfind(b'{"v":')
+    if start > 0:
+        entry = _parse_entry(raw[start:])
+        if entry is not None:
+            return start, entry
+    return None
 
 
 def _parse_entry(raw: bytes) -> dict[str, Any] | None:
@@ -353,9 +442,20 @@ def _parse_entry(raw: bytes) -> dict[str, Any] | None:
     if (
         not isinstance(entry, dict)
         or entry.get("v") != JOURNAL_VERSION
+        or not isinstance(entry.get("key"), str)
         or not isinstance(entry.get("output_name"), str)
         or not isinstance(entry.get("record"), dict)
     ):
+        return None
+    record = entry["record"]
+    try:
+        # Names read back from the state are checked like a task's: a hand-edited
+        # "../secret.txt" must not be listed, hashed or zipped.
+        check_output_name(entry["output_name"])
+        if record.get("output_name") != entry["output_name"] or not isinstance(record.get("wav"), str):
+            return None
+        check_output_name(record["wav"])
+    except InvalidTaskError:
         return None
     return entry
 
@@ -369,7 +469,7 @@ class Tally:
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     resumed: int = 0
-    audio_seconds: float = 0.0  # every file in the manifest (ok + resumed)
+    audio_seconds: float = 0.0  # every file in the manifest
 
     def add(self, record: Record) -> None:
         self.counts[record.status] += 1
@@ -385,8 +485,8 @@ class Summary:
     failed: int
     invalid: int
     skipped: int
-    resumed: int  # skipped because an earlier run's file was reused
-    audio_seconds: float  # all files in the manifest (ok + resumed)
+    resumed: int  # of the ok tasks, those whose file an earlier run wrote
+    audio_seconds: float  # all files in the manifest
     wall_seconds: float
     out_dir: Path
     manifest: Path
@@ -462,7 +562,7 @@ def summary_document(summary: Summary, facts: RunFacts) -> dict[str, Any]:
         "counts": summary.counts,
         "total": summary.total,
         "resumed": summary.resumed,
-        "not_run": summary.skipped - summary.resumed,
+        "not_run": summary.skipped,
         "audio_seconds": summary.audio_seconds,
         "wall_seconds": summary.wall_seconds,
         "engine": engine_info_dict(facts.engine),
@@ -481,12 +581,16 @@ def summary_document(summary: Summary, facts: RunFacts) -> dict[str, Any]:
         "started_at": facts.started_at,
         "finished_at": facts.finished_at,
         "exit_code": summary.exit_code,
+        "generator": f"{TOOL_NAME} {__version__}",  # how a later run knows the file is its own
     }
 
 
+def summary_bytes(summary: Summary, facts: RunFacts) -> bytes:
+    return (dumps(summary_document(summary, facts), indent=2, separators=None) + "\n").encode("utf-8")
+
+
 def write_summary(summary: Summary, facts: RunFacts, *, fsync: bool = True) -> Path:
-    text = dumps(summary_document(summary, facts), indent=2, separators=None) + "\n"
-    write_bytes_atomic(summary.summary, text.encode("utf-8"), fsync=fsync)
+    write_bytes_atomic(summary.summary, summary_bytes(summary, facts), fsync=fsync)
     return summary.summary
 
 

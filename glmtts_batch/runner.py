@@ -22,10 +22,25 @@ exception (a broad `except BaseException`, or a ctypes callback, which prints an
 discards it) and return partial audio: a task whose call was abandoned is never
 written or journaled, whatever the engine did with the exception.
 
-A task never replaces a file under its final name that this tool did not
-write (one the output folder's journal does not know, e.g. the voice prompt
-itself with `--out .`): that task is `failed` with field `output_name`.
-Exit codes (errors.py): 0 all ok or resumed; 1 a task failed or a line was
+Whose file is it: a task never replaces a file under its final name that this
+tool did not write: the journal knows exactly that name (case and Unicode form
+included), or the file carries the tool's tag (`writers.FileTag`, e.g. a RIFF INFO
+chunk), which holds when the journal is lost. A symbolic link, the task file or a
+prompt file at that name is never replaced either; such a task is `failed` with
+field `output_name`. Resuming uses the journal, else the tag: a file tagged with
+the task's resume key is the task's output (its journal entry is rebuilt); one
+tagged with another key is redone and replaced, as is every tagged file with
+`resume=False`.
+
+Finishing: the zip is written first (holding the summary as built in memory), then
+summary.json, so summary.json names the zip only once it exists. When the zip cannot
+be written, summary.json says so (`zip: null`, its `error`) and `OutputWriteError`
+(exit 3) is raised; a re-run resumes every task and writes the zip. Run files
+(manifest, summary, zip) are only written where `state.FolderState` allows, and
+registered there before they are renamed into place; a stale zip (a `--no-zip` or
+interrupted run) is removed only if the tool wrote it.
+
+Exit codes (errors.py): 0 all ok (resumed included); 1 a task failed or a line was
 invalid; 130 interrupted by SIGINT, 143 by SIGTERM (2, a run that cannot start,
 is raised as `RunError` before the loop; 2 and 3 for the errors above). Records are built and the summary is
 assembled in manifest.py; the output format comes from `RunSettings.writer`.
@@ -35,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import signal
 import threading
 import time
@@ -56,6 +70,9 @@ from .errors import (
     TaskSourceError,
 )
 from .manifest import (
+    JOURNAL_NAME,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
     Journal,
     ManifestWriter,
     Record,
@@ -71,12 +88,16 @@ from .manifest import (
     resume_key,
     resumed_record,
     skipped_record,
+    summary_bytes,
     write_summary,
 )
-from .outputs import AudioInfo, write_audio, write_zip
+from .journal_compact import compact_journal
+from .log import Log, log_to_stderr
+from .outputs import STATE_DIR, AudioInfo, write_audio, write_zip
 from .progress import Progress
+from .state import FileId, FolderState, file_id, replace_refusal, tagged_audio
 from .tasks import InvalidLine, Task, TaskOrInvalid
-from .writers import DEFAULT_WRITER, AudioWriter
+from .writers import DEFAULT_WRITER, AudioWriter, our_tag
 
 __all__ = ["BatchRunner", "RunSettings", "SignalGuard", "Summary", "is_out_of_memory"]
 
@@ -102,6 +123,8 @@ class RunSettings:
     # The input's physical line count now, or None when unknown or not cheap to count;
     # asked only when the run stopped reading early, for the summary's `unread_lines`.
     line_count: Callable[[], int | None] | None = None
+    task_file: FileId | None = None  # (st_dev, st_ino) of the task file: never an output target
+    log: Log = log_to_stderr  # the run's messages (progress has its own stream)
 
 
 class _Abandon(BaseException):
@@ -206,11 +229,15 @@ class BatchRunner:
         settings: RunSettings,
         *,
         prompt_digests: FileDigests | None = None,
+        folder: FolderState | None = None,
     ) -> None:
         self.engine = engine
         self.info = engine.info
         self.items = items
         self.settings = settings
+        self._folder = folder
+        # Files never written over: the task file and every prompt file seen so far.
+        self._inputs: set[FileId] = {settings.task_file} if settings.task_file else set()
         # Each prompt file is hashed once per run: for the resume key, and handed to the
         # engine in the request so its prompt cache need not read the file again.
         self.prompt_digests = prompt_digests or FileDigests()
@@ -233,6 +260,9 @@ class BatchRunner:
         """Every line read through `_process`, its record streamed to the manifest (committed at the end)."""
         out_dir, fsync = self.settings.out_dir, self.settings.fsync
         progress = Progress(self.settings.total_lines, enabled=self.settings.progress)
+        if self._folder is None:
+            self._folder = FolderState(out_dir, fsync=fsync)
+        self._compact_journal(out_dir)
         try:
             self._journal = Journal(out_dir, fsync=fsync)
         except OSError as e:
@@ -269,17 +299,35 @@ class BatchRunner:
                 if guard.signum is not None and self.stop_reason is None:
                     self.stop_reason = "interrupted"
             progress.close()
+            self._folder.check_run_file(MANIFEST_NAME, never=self._inputs)
             with _writing("the manifest", manifest.path):
-                manifest.commit()
+                manifest.commit(before_replace=lambda: self._folder_state.register(MANIFEST_NAME))
         except BaseException:
             manifest.abort()
             raise
         finally:
             self._journal.close()
 
+    @property
+    def _folder_state(self) -> FolderState:
+        assert self._folder is not None, "set in _write_manifest"
+        return self._folder
+
+    def _compact_journal(self, out_dir: Path) -> None:
+        """Drop superseded journal entries (under the lock, before the Journal opens the file);
+        a journal that cannot be compacted is left as it is, complete."""
+        path = out_dir / STATE_DIR / JOURNAL_NAME
+        if not path.is_file() or path.is_symlink():
+            return  # none yet, or a planted link: the Journal refuses that with a clear error
+        try:
+            compact_journal(path, fsync=self.settings.fsync)
+        except OSError as e:
+            self.settings.log(f"journal not compacted ({e.strerror or e}); it is kept as it is")
+
     def _finish(self, guard: SignalGuard, started_at: str, wall_seconds: float) -> Summary:
-        """summary.json and the zip (or the removal of a stale one); then a task source error is raised."""
-        settings = self.settings
+        """The zip (or the removal of a stale one of ours), then summary.json, so the summary never
+        names a zip that is not there; then a task source or zip error is raised."""
+        settings, folder = self.settings, self._folder_state
         signum = guard.signum  # a signal after this point lets the finished run complete
         interrupted = signal.Signals(signum).name if signum is not None else None
         zip_path = settings.out_dir / settings.zip_name
@@ -306,42 +354,53 @@ class BatchRunner:
             started_at=started_at,
             finished_at=_timestamp(),
         )
+        folder.check_run_file(SUMMARY_NAME, never=self._inputs)
+        zip_error: OutputWriteError | None = None
+        if summary.zip is not None:
+            summary, zip_error = self._write_zip(summary, facts)
+        else:
+            self._remove_stale_zip(zip_path)
+        folder.register(SUMMARY_NAME)
         with _writing("the summary", summary.summary):
             write_summary(summary, facts, fsync=settings.fsync)
-        if summary.zip is not None:
-            self._write_zip(summary, facts)
-        else:
-            self._drop_stale_zip(zip_path)
-        if source_error is not None:
-            source_error.summary = summary
-            raise source_error
+        error = zip_error or source_error
+        if error is not None:
+            error.summary = summary
+            raise error
         return summary
 
-    def _write_zip(self, summary: Summary, facts: RunFacts) -> None:
-        """The zip; if it cannot be written, summary.json is rewritten to say so (no zip, exit 3)."""
+    def _write_zip(self, summary: Summary, facts: RunFacts) -> tuple[Summary, OutputWriteError | None]:
+        """The zip, holding the summary as it will be written; if the zip cannot be written,
+        the summary says so instead (no zip, exit 3) and the error is returned for raising."""
         assert summary.zip is not None
-        settings = self.settings
+        settings, folder = self.settings, self._folder_state
         try:
-            write_zip(summary.zip, settings.out_dir, summary.manifest, summary.summary, fsync=settings.fsync)
+            folder.check_run_file(settings.zip_name, never=self._inputs)
+            folder.register(settings.zip_name)
+            write_zip(
+                summary.zip,
+                settings.out_dir,
+                summary.manifest,
+                summary.summary,
+                summary_bytes(summary, facts),
+                fsync=settings.fsync,
+            )
         except OSError as e:
             error = _write_error("the zip", summary.zip, e)
-            failed = replace(summary, zip=None, exit_code=error.exit_code, error=_error_info(error))
-            try:
-                write_summary(failed, facts, fsync=settings.fsync)
-            except OSError:
-                # It would name a zip that does not exist: better no summary than a wrong one.
-                with contextlib.suppress(OSError):
-                    os.unlink(summary.summary)
-            else:
-                error.summary = failed
-            self._drop_stale_zip(summary.zip)
-            raise error from None
+        except RunError as e:  # the zip's name was taken by a file of someone else's meanwhile
+            error = OutputWriteError(f"cannot write the zip {str(summary.zip)!r}: {e}")
+        else:
+            return summary, None
+        return replace(summary, zip=None, exit_code=error.exit_code, error=_error_info(error)), error
 
-    def _drop_stale_zip(self, zip_path: Path) -> None:
-        """A zip of an earlier run would no longer match the manifest."""
+    def _remove_stale_zip(self, zip_path: Path) -> None:
+        """A zip of ours would no longer match the manifest; anyone else's zip is left alone."""
+        try:
+            self._folder_state.check_run_file(zip_path.name, never=self._inputs)
+        except RunError:
+            return
         with contextlib.suppress(FileNotFoundError):
-            if zip_path.exists():
-                zip_path.unlink()
+            zip_path.unlink()
 
     def _source_error(self) -> TaskSourceError | None:
         exc = self.source_error
@@ -398,29 +457,44 @@ class BatchRunner:
     def _run_task(self, task: Task, guard: SignalGuard) -> Record:
         seed = effective_seed(task, self.settings.seed)
         try:
-            prompt_sha = self.prompt_digests(task.prompt_audio) if task.prompt_audio else None
+            prompt_sha = None
+            if task.prompt_audio:
+                prompt_sha = self.prompt_digests(task.prompt_audio)
+                prompt_id = file_id(task.prompt_audio)
+                if prompt_id is not None:
+                    self._inputs.add(prompt_id)
             key = resume_key(task, seed, self.info, prompt_sha, self.settings.writer)
-            journaled = self._journal.lookup(task, key) if self.settings.resume else None
-            if journaled is not None:
-                return resumed_record(task, self.info, self.settings.seed, journaled)
-            return self._synthesize(task, seed, key, prompt_sha, guard)
+            file_name = f"{task.output_name}.{self.settings.writer.suffix}"
+            if self.settings.resume:
+                journaled = self._journal.lookup(task, key, file_name)
+                if journaled is None:
+                    journaled = self._tagged_output(task, key, file_name)
+                if journaled is not None:
+                    return resumed_record(task, self.info, self.settings.seed, journaled)
+            return self._synthesize(task, seed, key, prompt_sha, file_name, guard)
         except _Abandon:
             self.stop_reason = "interrupted"
             return skipped_record(task, self.info, self.settings.seed, "interrupted")
         except Exception as exc:  # noqa: BLE001 - one task's failure must not end the run
             return self._failed(task, exc)
 
-    def _synthesize(self, task: Task, seed: int, key: str, prompt_sha: str | None, guard: SignalGuard) -> Record:
+    def _tagged_output(self, task: Task, key: str, file_name: str) -> dict[str, Any] | None:
+        """The file's audio fields when it carries our tag with this task's key (the journal
+        lost it: deleted state, a folder copied without dot files); its entry is rebuilt."""
+        audio = tagged_audio(self.settings.out_dir / file_name, self.settings.writer, key, self._inputs)
+        if audio is not None:
+            self._journal.append(key, resumed_record(task, self.info, self.settings.seed, audio))
+        return audio
+
+    def _synthesize(
+        self, task: Task, seed: int, key: str, prompt_sha: str | None, file_name: str, guard: SignalGuard
+    ) -> Record:
         writer = self.settings.writer
-        file_name = f"{task.output_name}.{writer.suffix}"
         path = self.settings.out_dir / file_name
         # Checked before synthesis so no time is spent on audio that cannot be written.
-        if os.path.lexists(path) and not self._journal.knows(task.output_name):
-            raise TaskError(
-                f"{str(path)!r} already exists and was not written by glmtts-batch; "
-                "refusing to replace it (rename the task's output_name, move the file, or choose another --out)",
-                field="output_name",
-            )
+        refusal = replace_refusal(path, known=self._journal.knows(task.output_name), writer=writer, inputs=self._inputs)
+        if refusal is not None:
+            raise TaskError(refusal, field="output_name")
         request = SynthesisRequest(
             text=task.text,
             prompt_audio=task.prompt_audio,
@@ -445,6 +519,7 @@ class BatchRunner:
             synthesis.audio,
             synthesis.sample_rate,
             writer=writer,
+            tag=our_tag(key),
             fsync=self.settings.fsync,
             before_replace=journal_before_rename,
         )

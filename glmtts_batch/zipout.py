@@ -20,8 +20,10 @@ patched into its local header once its data is written (no data descriptors).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import time
@@ -63,6 +65,7 @@ class StreamingZipWriter:
         self._spill = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115 - lives as long as the writer; close() ends it
         self._count = 0
         self._closed = False
+        self.comment = b""  # the archive comment, written in the end record
 
     def __enter__(self) -> StreamingZipWriter:
         return self
@@ -84,13 +87,24 @@ class StreamingZipWriter:
             # The same rule as zipfile: a local ZIP64 record once the size is near the limit,
             # because the deflated size is only known afterwards.
             zip64 = st.st_size * 1.05 > ZIP64_LIMIT
-            self._write_member(src, st, arcname, compress, zip64)
+            self._write_member(src, st.st_mtime, st.st_mode, arcname, compress, zip64)
 
-    def _write_member(self, src: BinaryIO, st: os.stat_result, arcname: str, compress: int, zip64: bool) -> None:
+    def write_bytes(self, data: bytes, arcname: str, *, compress: int = STORED) -> None:
+        """Add `data` under `arcname` (a regular file, mode 0644, dated now), like `ZipFile.writestr`."""
+        if self._closed:
+            raise ValueError("zip writer is closed")
+        if compress not in (STORED, DEFLATED):
+            raise ValueError(f"unsupported compression {compress}")
+        zip64 = len(data) * 1.05 > ZIP64_LIMIT
+        self._write_member(io.BytesIO(data), time.time(), stat.S_IFREG | 0o644, arcname, compress, zip64)
+
+    def _write_member(
+        self, src: BinaryIO, mtime: float, mode: int, arcname: str, compress: int, zip64: bool
+    ) -> None:
         out = self._out
         name = arcname.encode("utf-8")  # ASCII names are the same bytes
         flags = 0 if arcname.isascii() else _UTF8_NAME
-        dos_time, dos_date = _dos_timestamp(st.st_mtime)
+        dos_time, dos_date = _dos_timestamp(mtime)
         version = 45 if zip64 else 20
         offset = out.tell() - self._start
         extra = struct.pack("<HHQQ", _ZIP64_EXTRA_ID, 16, 0, 0) if zip64 else b""
@@ -141,7 +155,7 @@ class StreamingZipWriter:
         self._spill.write(_CENTRAL.pack(
             b"PK\x01\x02", version, _MADE_BY_UNIX, version, flags, compress, dos_time, dos_date, crc,
             0xFFFFFFFF if big_sizes else compressed, 0xFFFFFFFF if big_sizes else size,
-            len(name), len(cextra), 0, 0, 0, (st.st_mode & 0xFFFF) << 16,
+            len(name), len(cextra), 0, 0, 0, (mode & 0xFFFF) << 16,
             0xFFFFFFFF if big_offset else offset,
         ))
         self._spill.write(name)
@@ -169,7 +183,8 @@ class StreamingZipWriter:
             count = min(count, 0xFFFF)
             cd_size = min(cd_size, 0xFFFFFFFF)
             cd_offset = min(cd_offset, 0xFFFFFFFF)
-        out.write(_END.pack(b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset, 0))
+        out.write(_END.pack(b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset, len(self.comment)))
+        out.write(self.comment)
         out.flush()
 
 

@@ -72,7 +72,7 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
     assert options.sampling_rng == "fast"
     assert "ENGINE glmtts" in r.output and "engine: fake" in r.output
     assert f"manifest: {out / 'manifest.jsonl'}" in r.output and f"zip: {out / 't.zip'}" in r.output
-    assert "2 ok, 0 failed, 0 invalid, 0 skipped" in r.output
+    assert "2 ok (0 resumed), 0 failed, 0 invalid, 0 skipped" in r.output
     assert {rec["seed"] for rec in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())} == {9}
 
     # same seed, dtypes and phoneme dictionary: every task resumes
@@ -80,7 +80,7 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
                 "--dtype", "bf16", "--flow-dtype", "fp16", "--phoneme-dict", str(words), "--no-progress"])
     assert r.exit_code == 0
     assert loader.calls[1][0] == "auto" and loader.calls[1][1].model_dir == tmp_path / "explicit"
-    assert "0 ok, 0 failed, 0 invalid, 2 skipped (2 resumed)" in r.output
+    assert "2 ok (2 resumed), 0 failed, 0 invalid, 0 skipped" in r.output
 
     r = invoke(["run", str(f), "--out", str(out), "--no-resume", "--no-zip", "--no-progress"])
     assert r.exit_code == 0 and "2 ok" in r.output and "zip:" not in r.output
@@ -101,12 +101,12 @@ def test_run_failures_exit_1_and_max_failures(tmp_path: Path, loader) -> None:
     loader.queue.append(RaisingEngine({"x", "y"}))
     r = invoke(["run", str(f), "--out", str(tmp_path / "o1"), "--no-progress"])
     assert r.exit_code == 1
-    assert "2 ok, 2 failed, 1 invalid" in r.output
+    assert "2 ok (0 resumed), 2 failed, 1 invalid" in r.output
 
     loader.queue.append(RaisingEngine({"x", "y"}))
     r = invoke(["run", str(f), "--out", str(tmp_path / "o2"), "--max-failures", "1", "--no-progress"])
     assert r.exit_code == 1
-    assert "1 ok, 1 failed, 1 invalid, 2 skipped (0 resumed)" in r.output
+    assert "1 ok (0 resumed), 1 failed, 1 invalid, 2 skipped" in r.output
     assert "--max-failures" in r.output
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from glmtts_batch import journal_compact
 from glmtts_batch.journal_compact import COMPACT_SUFFIX, compact_journal
-from glmtts_batch.manifest import JOURNAL_NAME, STATE_DIR, Journal, Record
+from glmtts_batch.manifest import JOURNAL_NAME, Journal, Record
+from glmtts_batch.outputs import STATE_DIR
 from glmtts_batch.tasks import Task
 
 
@@ -64,8 +65,8 @@ def test_a_compacted_journal_resumes_exactly_as_the_long_one_did(tmp_path: Path)
     def resume_view() -> list:
         j = journal_in(out)
         try:
-            view = [(j.knows(n), j.lookup(Task(line=1, text="x", output_name=n), f"{n}-3")) for n in names]
-            view.append(j.lookup(Task(line=1, text="x", output_name="utt3"), "utt3-late"))
+            view = [(j.knows(n), j.lookup(Task(line=1, text="x", output_name=n), f"{n}-3", f"{n}.wav")) for n in names]
+            view.append(j.lookup(Task(line=1, text="x", output_name="utt3"), "utt3-late", "utt3.wav"))
         finally:
             j.close()
         return view
@@ -160,3 +161,24 @@ def test_an_empty_or_missing_journal_needs_nothing(tmp_path: Path) -> None:
     result = compact_journal(path, min_stale=0, fsync=False)
     assert (result.lines, result.live) == (0, 0)
     assert path.read_bytes() == b""
+
+
+def test_an_entry_glued_after_torn_bytes_is_kept_by_compaction(tmp_path: Path) -> None:
+    # An older version appended after a failed write: its entry is glued onto the torn bytes.
+    # The Journal reads such an entry, so compaction must not drop it as garbage.
+    out = tmp_path / "out"
+    make_history(out, 3, ["a", "b"])
+    path = out / STATE_DIR / JOURNAL_NAME
+    lines = journal_lines(out)
+    glued = b'{"v": 1, "key": "torn' + lines[-1]  # b's latest entry, after torn bytes
+    path.write_bytes(b"".join(lines[:-1]) + glued)
+
+    result = compact_journal(path, min_stale=0, fsync=False)
+
+    assert result.rewritten and journal_lines(out) == [lines[-2], glued]
+    j = journal_in(out)
+    try:
+        found = j.lookup(Task(line=1, text="x", output_name="b"), "b-2", "b.wav")
+    finally:
+        j.close()
+    assert found is not None and found["sha256"] == hashlib.sha256(b"b round 2").hexdigest()

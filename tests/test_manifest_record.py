@@ -75,7 +75,7 @@ def test_status_builders_fill_what_their_status_has() -> None:
     resumed = resumed_record(TASK, INFO, 7, {"wav": "ch1.wav", "sha256": "cd", "duration_s": 1.0,
                                              "sample_rate": 16000, "warnings": ["old"], "details": {"a": 1}})
     assert (resumed.status, resumed.reason, resumed.resumed, resumed.sha256, resumed.warnings) == (
-        "skipped", "resumed", True, "cd", ["old"])
+        "ok", None, True, "cd", ["old"])
     invalid = invalid_record(InvalidLine(2, InvalidTaskError("bad", field="seed"), output_name="2", seed=9), INFO, 7)
     assert (invalid.status, invalid.seed, invalid.text, invalid.warnings, invalid.details) == (
         "invalid", 9, None, None, None)
@@ -88,9 +88,12 @@ class RawWriter:
     suffix = "f32"
     format = "raw-f32le"
 
-    def encode(self, audio: np.ndarray, sample_rate: int) -> tuple[bytes, int]:
+    def encode(self, audio: np.ndarray, sample_rate: int, tag=None) -> tuple[bytes, int]:
         samples = np.asarray(audio, dtype="<f4").reshape(-1)
-        return samples.tobytes(), samples.size
+        return samples.tobytes(), samples.size  # no room for a tag: only the journal knows its files
+
+    def read_tag(self, fd: int):
+        return None
 
 
 def _run(tmp_path: Path, writer):

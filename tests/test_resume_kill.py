@@ -113,7 +113,14 @@ def test_sigkill_at_random_points_then_rerun_matches_uninterrupted_run(tmp_path:
     )
     assert final.returncode == 1, final.stderr  # the invalid lines, as in the reference run
     assert wav_hashes(out) == expected_wavs
+    # The manifest describes the outputs: equal to the uninterrupted run's apart from the
+    # run-history fields (resumed, elapsed_s); every finished task is "ok", however many runs it took.
     assert stable_manifest(out) == stable_manifest(reference)
+    assert RUN_DEPENDENT_KEYS == ("resumed", "elapsed_s")
+    statuses = [r["status"] for r in stable_manifest(out)]
+    assert statuses.count("ok") == 40 and statuses.count("skipped") == 0
+    summary, ref_summary = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert summary["counts"] == ref_summary["counts"] == {"ok": 40, "failed": 0, "invalid": 4, "skipped": 0}
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
     with zipfile.ZipFile(out / "book.zip") as zf, zipfile.ZipFile(reference / "book.zip") as zref:
         assert sorted(zf.namelist()) == sorted(zref.namelist())
@@ -122,4 +129,4 @@ def test_sigkill_at_random_points_then_rerun_matches_uninterrupted_run(tmp_path:
 
     # and one more clean run resumes everything
     again = run_batch(tasks, out, engine=FakeEngine(), progress=False, fsync=False)
-    assert (again.ok, again.resumed) == (0, 40)
+    assert (again.ok, again.resumed, again.exit_code) == (40, 40, 1)  # 1: the invalid lines

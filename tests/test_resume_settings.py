@@ -188,7 +188,7 @@ def test_a_changed_run_only_option_reuses_the_wavs(tmp_path: Path, options, gene
     kw = {"progress": False, **run_kw}
     engine = FakeEngine(settings=glmtts_settings(options, generation))
     again = run_batch(tasks, out, engine=engine, fsync=False, **kw)
-    assert (again.ok, again.resumed, engine.requests) == (0, 2, [])
+    assert (again.ok, again.resumed, engine.requests) == (2, 2, [])
 
 
 def test_a_new_audio_version_redoes_the_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -224,10 +224,11 @@ def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None
 
     engine = FakeEngine()
     again = run(f, out, engine=engine)
-    assert (again.ok, again.skipped, again.resumed, again.exit_code) == (0, 4, 4, 0)
+    # The manifest describes the outputs: a resumed task is ok (resumed: true), not skipped.
+    assert (again.ok, again.skipped, again.resumed, again.exit_code) == (4, 0, 4, 0)
     assert engine.requests == []
     after = manifest(out)
-    assert all(r["status"] == "skipped" and r["resumed"] is True and r["reason"] == "resumed" for r in after)
+    assert all(r["status"] == "ok" and r["resumed"] is True and r["reason"] is None for r in after)
     assert stable(after) == stable(before)
     with zipfile.ZipFile(out / "t.zip") as zf:
         assert sorted(zf.namelist()) == ["a.wav", "b.wav", "c.wav", "d.wav", "manifest.jsonl", "summary.json"]
@@ -240,7 +241,7 @@ def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None
     engine = FakeEngine()
     third = run(f, out, engine=engine, seed=0)
     assert sorted(r.text for r in engine.requests) == ["ALPHA", "beta", "gamma"]
-    assert (third.ok, third.resumed) == (3, 1)
+    assert (third.ok, third.resumed) == (4, 1)
     assert sf.info(out / "c.wav").subtype == "PCM_16"
 
     engine = FakeEngine()
@@ -299,7 +300,7 @@ def test_resume_tolerates_torn_journal_and_cleans_stale_temp_files(tmp_path: Pat
     engine = FakeEngine()
     s = run(f, out, engine=engine)
     assert [r.text for r in engine.requests] == ["c"]
-    assert (s.ok, s.resumed) == (1, 2)
+    assert (s.ok, s.resumed) == (3, 2)
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
     assert journal.read_bytes().count(b"\n") == 3
     assert all(json.loads(line)["v"] == 1 for line in journal.read_bytes().splitlines())
@@ -450,7 +451,8 @@ def test_second_signal_abandons_the_task_even_if_the_engine_swallows_it(tmp_path
     assert sorted(p.name for p in out.glob("*.wav")) == ["1.wav"]
     journal = (out / ".glmtts-batch" / "journal.jsonl").read_text().splitlines()
     assert [json.loads(x)["output_name"] for x in journal] == ["1"]  # the abandoned task is not journaled
-    assert run(f, out).ok == 2  # and it is redone on resume
+    again = run(f, out)
+    assert (again.ok, again.resumed) == (3, 1)  # and it is redone on resume
 
 
 def test_lone_surrogates_are_invalid_lines_and_the_run_completes(tmp_path: Path) -> None:
@@ -526,7 +528,7 @@ def test_a_file_this_tool_did_not_write_is_never_replaced(tmp_path: Path) -> Non
     assert narrator.read_bytes() == b"the user's recording"
     record = manifest(tmp_path)[0]
     assert (record["status"], record["wav"], record["error"]["field"]) == ("failed", None, "output_name")
-    assert "already exists and was not written by glmtts-batch" in record["error"]["message"]
+    assert "is the task file or a prompt file" in record["error"]["message"]
     assert "narrator.wav" in record["error"]["message"]
     assert [r.text for r in engine.requests] == ["b"]  # refused before synthesis
     assert run(f, tmp_path, resume=False).failed == 1  # --no-resume does not change that

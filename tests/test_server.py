@@ -375,7 +375,7 @@ def test_sigterm_then_sigkill_mid_job_then_restart_resumes_with_identical_wavs_a
         srv.start()
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             job = wait_for(c, job_id, finished)
-            assert job["state"] == "done" and job["runs"] == 3 and job["counts"]["ok"] + job["resumed"] == 150
+            assert job["state"] == "done" and job["runs"] == 3 and job["counts"]["ok"] == 150
             assert job["resumed"] >= 5
             archive = zipfile.ZipFile(io.BytesIO(c.get(f"/v1/jobs/{job_id}/zip").content))
             assert wait_for(c, waiting, finished)["state"] == "done"  # the queue survived too

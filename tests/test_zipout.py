@@ -14,21 +14,27 @@ from pathlib import Path
 import pytest
 
 from glmtts_batch import zipout
-from glmtts_batch.outputs import TEMP_PREFIX, temp_path, write_zip
+from glmtts_batch.outputs import TEMP_PREFIX, ZIP_COMMENT, temp_path, write_zip
 from glmtts_batch.zipout import DEFLATED, StreamingZipWriter
 
 UNZIP = shutil.which("unzip")
 
 
-def zipfile_reference(zip_path: Path, out_dir: Path, manifest: Path, summary: Path) -> None:
-    """What write_zip wrote before it streamed: Python's zipfile, member by member."""
+def zipfile_reference(
+    zip_path: Path, out_dir: Path, manifest: Path, summary: Path, summary_time: tuple[int, ...]
+) -> None:
+    """The same archive built with Python's zipfile, member by member (the summary from
+    bytes, dated `summary_time`, as write_zip adds it before summary.json is on disk)."""
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.comment = ZIP_COMMENT
         for line in manifest.read_text(encoding="utf-8").splitlines():
             rel = json.loads(line)["wav"]
             if rel:
                 zf.write(out_dir / rel, arcname=rel, compress_type=zipfile.ZIP_STORED)
         zf.write(manifest, arcname=manifest.name, compress_type=zipfile.ZIP_DEFLATED)
-        zf.write(summary, arcname=summary.name, compress_type=zipfile.ZIP_DEFLATED)
+        member = zipfile.ZipInfo(summary.name, summary_time)
+        member.external_attr = 0o100644 << 16
+        zf.writestr(member, summary.read_bytes(), zipfile.ZIP_DEFLATED)
 
 
 def make_job(out: Path, names: list[str]) -> tuple[Path, Path]:
@@ -66,8 +72,10 @@ def test_the_zip_holds_what_zipfile_would_have_written(tmp_path: Path) -> None:
     out = tmp_path / "job"
     manifest, summary = make_job(out, ["utt001", "chapter 2", "é-nfc", "第一章"])
 
-    assert write_zip(out / "job.zip", out, manifest, summary, fsync=False) == 4
-    zipfile_reference(tmp_path / "reference.zip", out, manifest, summary)
+    assert write_zip(out / "job.zip", out, manifest, summary, summary.read_bytes(), fsync=False) == 4
+    with zipfile.ZipFile(out / "job.zip") as zf:
+        summary_time = zf.getinfo("summary.json").date_time
+    zipfile_reference(tmp_path / "reference.zip", out, manifest, summary, summary_time)
 
     ours = member_view(out / "job.zip")
     assert ours == member_view(tmp_path / "reference.zip")
@@ -165,7 +173,7 @@ def test_a_failed_zip_leaves_the_old_one_and_no_temp_file(tmp_path: Path) -> Non
     (out / "b.wav").unlink()
 
     with pytest.raises(FileNotFoundError):
-        write_zip(out / "job.zip", out, manifest, summary, fsync=False)
+        write_zip(out / "job.zip", out, manifest, summary, summary.read_bytes(), fsync=False)
     assert (out / "job.zip").read_bytes() == b"previous archive"
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
@@ -177,7 +185,8 @@ def test_a_link_planted_at_the_temp_name_is_not_followed(tmp_path: Path) -> None
     victim.write_text("precious")
     temp_path(out / "job.zip").symlink_to(victim)
 
-    with pytest.raises(OSError):
-        write_zip(out / "job.zip", out, manifest, summary, fsync=False)
-    assert victim.read_text() == "precious"
-    assert not (out / "job.zip").exists()
+    write_zip(out / "job.zip", out, manifest, summary, summary.read_bytes(), fsync=False)
+    assert victim.read_text() == "precious"  # the link itself was removed, not written through
+    assert not temp_path(out / "job.zip").is_symlink()
+    with zipfile.ZipFile(out / "job.zip") as zf:
+        assert zf.namelist() == ["a.wav", "manifest.jsonl", "summary.json"]
