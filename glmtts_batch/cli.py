@@ -18,10 +18,14 @@ from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, GlmttsBatchError, R
 from .glmtts.checkpoint_writers import PRESETS
 from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
 from .log import PREFIX, log_to_stderr
-from .tasks import InvalidLine, Task, TaskOrInvalid
+from .tasks import WORKING_DIR, InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_base_dir_option = click.option(
+    "--base-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder relative prompt_audio paths start from [default: the task file's folder, then the "
+         "working directory].")
 
 
 class _Commands(click.Group):
@@ -103,6 +107,7 @@ def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
 @click.option("--no-zip", is_flag=True, help="Do not pack <stem>.zip.")
 @click.option("--max-failures", type=click.IntRange(min=1), help="Stop after N failed tasks.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress log lines.")
+@_base_dir_option
 def run(
     task_file: Path,
     out_dir: Path | None,
@@ -111,6 +116,7 @@ def run(
     no_zip: bool,
     max_failures: int | None,
     no_progress: bool,
+    base_dir: Path | None,
     **engine_params: Any,
 ) -> None:
     """Synthesise every task in TASK_FILE (JSONL)."""
@@ -125,6 +131,7 @@ def run(
         make_zip=not no_zip,
         max_failures=max_failures,
         progress=False if no_progress else None,
+        base_dir=base_dir,
     )
     parts = [f"{summary.ok} ok", f"{summary.failed} failed", f"{summary.invalid} invalid",
              f"{summary.skipped} skipped ({summary.resumed} resumed)"]
@@ -148,18 +155,21 @@ def run(
 @click.option("--campplus", type=click.Path(dir_okay=False, path_type=Path),
               help="CAM++ speaker model to validate with --model-dir.")
 @click.option("--errors-only", is_flag=True, help="Print only the lines with problems.")
-def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors_only: bool) -> None:
+@_base_dir_option
+def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors_only: bool,
+          base_dir: Path | None) -> None:
     """Validate TASK_FILE without synthesising (no model is loaded). Exit 1 if any line is bad."""
 
     def show(item: TaskOrInvalid) -> None:
         if isinstance(item, Task):
             if not errors_only:
-                click.echo(f"line {item.line}: ok -> {item.output_name}.{DEFAULT_WRITER.suffix}")
+                found = " (prompt_audio found from the working directory)" if item.prompt_base == WORKING_DIR else ""
+                click.echo(f"line {item.line}: ok -> {item.output_name}.{DEFAULT_WRITER.suffix}{found}")
         elif isinstance(item, InvalidLine):
             where = f" [{item.error.field}]" if item.error.field else ""
             click.echo(f"line {item.line}: invalid{where} {type(item.error).__name__}: {item.error}")
 
-    report = check_tasks(task_file, model_dir=model_dir, campplus=campplus, on_item=show)
+    report = check_tasks(task_file, model_dir=model_dir, campplus=campplus, on_item=show, base_dir=base_dir)
     if report.checkpoint_error:
         click.echo(f"checkpoint {model_dir}: {report.checkpoint_error}")
     elif model_dir is not None:
