@@ -64,15 +64,13 @@ from typing import Protocol
 import emoji
 
 from glmtts_batch.glmtts.text import tn_graphs
+from glmtts_batch.glmtts.text.chars import SENTENCE_PUNCTUATION, UPSTREAM_CHINESE_CLASS, contains_upstream_chinese
 
 GRAMMARS_UPSTREAM = f"wetextprocessing-{tn_graphs.WETEXTPROCESSING_VERSION}"
 GRAMMARS_WETEXT = "wetext"
 
 GRAMMAR_CHUNK_MAX = 1000  # longer texts reach the grammar in chunks: see grammar_chunks
 GRAMMAR_CHUNK_CHARS = 50
-
-# Clause punctuation upstream treats as sentence/clause boundaries.
-PUNCTUATION_CHARS = "。？！；：、.?!;:，,"
 
 REPLACEMENTS = {"噢": "哦", "欸": "诶"}  # interjection spellings the model reads better
 
@@ -157,7 +155,6 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
     ),
 )
 
-_CHINESE = re.compile(r"[\u4e00-\u9fff]")
 _CN_DIGITS = "零一二三四五六七八九"
 _LINE_ENDINGS = set(".!?;:：。！？；，")
 
@@ -190,10 +187,6 @@ _LONG_DIGIT_RUN = re.compile(r"(?<![\d.,])\d{9,}(?!\d|[.,]\d)")
 _DIGIT_BY_DIGIT = str.maketrans("0123456789", "零幺二三四五六七八九")  # as the grammar reads codes
 _PLAIN_DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
 _LEADING_TWO = re.compile(r"(?<!十)二(?=[百千万亿])")
-
-
-def contains_chinese(text: str) -> bool:
-    return bool(_CHINESE.search(text))
 
 
 class TextNormalizer:
@@ -237,7 +230,7 @@ class TextNormalizer:
     def normalize(self, text: str) -> str:
         text = _sanitize(text)
         text = _preprocess(text)
-        if contains_chinese(text):
+        if contains_upstream_chinese(text):
             text = self._normalize_chinese(text).lower()
         else:
             text = self._normalize_english(text)
@@ -252,7 +245,7 @@ class TextNormalizer:
         text = _scientific_notation(text)
         text = re.sub(r"(?<=\d)\s*-\s*(?=\d)", "减", text)
         text = text.replace("-", "")
-        text = re.sub(f"咯([{re.escape(PUNCTUATION_CHARS)}])", r"喽\1", text)
+        text = re.sub(f"咯([{re.escape(SENTENCE_PUNCTUATION)}])", r"喽\1", text)
         for old, new in self._replacements.items():
             text = text.replace(old, new)
         text = _GROUPED_NUMBER.sub(lambda m: _grouped_number_to_chinese(m.group()), text)
@@ -326,7 +319,7 @@ class _Grammar(Protocol):  # what both grammar sets offer
 # those, after a Chinese clause mark or an English comma before a word; in a stretch without
 # either, at a space or anywhere (only text no narrator writes gets there).
 _CHUNK_BOUNDARIES = {
-    "zh": (re.compile(r"(?<=[。！？；])(?=\S)"), re.compile(r"(?<=[，、：])(?=[\u4e00-\u9fff])")),
+    "zh": (re.compile(r"(?<=[。！？；])(?=\S)"), re.compile(f"(?<=[，、：])(?={UPSTREAM_CHINESE_CLASS})")),
     "en": (re.compile(r"(?<=[.!?]) +(?=[A-Z])"), re.compile(r"(?<=,) +(?=[A-Za-z])")),
 }
 
@@ -428,10 +421,10 @@ def _preprocess(text: str) -> str:
         if not line:
             continue
         if line[-1] not in _LINE_ENDINGS:
-            line = line + "。" if contains_chinese(line) else line + ". "
+            line = line + "。" if contains_upstream_chinese(line) else line + ". "
         lines.append(line)
     joined = "".join(lines)
-    text = joined if contains_chinese(joined) else " ".join(lines)
+    text = joined if contains_upstream_chinese(joined) else " ".join(lines)
     text = emoji.replace_emoji(text, replace="")
     return re.sub(r"(?<=[a-zA-Z])-(?=[a-zA-Z])", " ", text)
 
@@ -554,7 +547,7 @@ def _keep_spaces_between_words(text: str) -> str:
 
 def _normalize_punctuation(text: str) -> str:
     text = _keep_spaces_between_words(text)
-    marks = re.escape(PUNCTUATION_CHARS)
+    marks = re.escape(SENTENCE_PUNCTUATION)
     text = re.sub(f"([{marks}])\\1+", r"\1", text)
     text = re.sub(f"[{marks}](?=[{marks}])", "", text)
     return text.replace("#", "").replace("！", "。").replace("!", ".")
@@ -563,7 +556,7 @@ def _normalize_punctuation(text: str) -> str:
 def _ensure_ending(text: str) -> str:
     if text and text[-1] in "？?":
         return text
-    end = "。" if contains_chinese(text) else "."
-    if text and text[-1] in PUNCTUATION_CHARS:
+    end = "。" if contains_upstream_chinese(text) else "."
+    if text and text[-1] in SENTENCE_PUNCTUATION:
         return text[:-1] + end
     return text + end
