@@ -210,6 +210,8 @@ def normalize(text_file: Path | None, task_file: Path | None, as_json: bool, pho
         raise click.UsageError("give TEXT_FILE or --tasks FILE, not both")
     failed = False
     previewer = TextPreviewer(phoneme=phoneme, phoneme_dict=phoneme_dict)
+    if previewer.normalizer.fallback_reason is not None:  # the preview would not be what upstream reads
+        click.echo(f"{PREFIX}{previewer.normalizer.describe()}", err=True)
     source = text_file if text_file is not None else Path("-")
     items = previewer.preview_task_file(task_file) if task_file else previewer.preview_text_file(source)
     for item in items:

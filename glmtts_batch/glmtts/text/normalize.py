@@ -21,11 +21,14 @@ Steps (same order as upstream):
 Grammars. Upstream runs WeTextProcessing 1.0.3. We run 1.0.3's own compiled graphs with
 kaldifst (`tn_graphs`), which reproduces upstream's readings exactly, quirks included
 (`100册` -> 幺零零册, phone numbers digit by digit). The graphs come from the
-`WeTextProcessing==1.0.3` wheel, a dependency on Python < 3.12 (its pinned pynini 2.1.5 has no
-newer wheels; pynini is installed with it but never imported). Where it is not installed,
-the maintained `wetext` graphs are used instead (`grammars="wetext"`); they read many inputs
-differently from upstream (two small rules, `_two_as_liang` and the operator spelling, put
-the commonest differences back).
+`WeTextProcessing==1.0.3` wheel, installed with `pip install --no-deps` (`make install` and
+the Dockerfile do; it is not a declared dependency because it pins pynini 2.1.5, 670 MB
+installed and without wheels past Python 3.11, which is never imported here). Where it is
+not installed, the maintained `wetext` graphs are used instead (`grammars="wetext"`); they
+read many inputs differently from upstream (two small rules, `_two_as_liang` and the
+operator spelling, put the commonest differences back). That fallback is never silent:
+`TextNormalizer.fallback_reason` says why, `describe()` is the warning the engine logs at
+load, and the grammars in use are part of the engine's settings (the resume key).
 
 Never raises. Lone surrogates and NUL characters are dropped first (no grammar can read
 them); digits the grammar left are spelled out digit group by digit group, and a number too
@@ -68,6 +71,7 @@ from glmtts_batch.glmtts.text.chars import SENTENCE_PUNCTUATION, UPSTREAM_CHINES
 
 GRAMMARS_UPSTREAM = f"wetextprocessing-{tn_graphs.WETEXTPROCESSING_VERSION}"
 GRAMMARS_WETEXT = "wetext"
+UPSTREAM_GRAPHS_INSTALL = f"pip install --no-deps WeTextProcessing=={tn_graphs.WETEXTPROCESSING_VERSION}"
 
 GRAMMAR_CHUNK_MAX = 1000  # longer texts reach the grammar in chunks: see grammar_chunks
 GRAMMAR_CHUNK_CHARS = 50
@@ -193,7 +197,8 @@ class TextNormalizer:
     """Upstream's text normalisation. Build once, reuse for every text.
 
     `grammars`: "auto" (WeTextProcessing 1.0.3's graphs when installed, else wetext's),
-    `GRAMMARS_UPSTREAM` or `GRAMMARS_WETEXT`. The one in use is in `self.grammars`.
+    `GRAMMARS_UPSTREAM` or `GRAMMARS_WETEXT`. The one in use is in `self.grammars`; when
+    "auto" fell back to wetext's, `self.fallback_reason` says why (else None).
     `chunk_chars`: texts longer than this reach the grammar in sentence chunks
     (`grammar_chunks`), which keeps time linear in the text length.
     """
@@ -209,13 +214,15 @@ class TextNormalizer:
             raise ValueError(f"unknown grammars {grammars!r}")
         self._zh: _Grammar
         self._en: _Grammar
+        self.fallback_reason: str | None = None
         if grammars != GRAMMARS_WETEXT:
             try:
                 folder = tn_graphs.graph_dir()
-            except tn_graphs.GraphsUnavailable:
+            except tn_graphs.GraphsUnavailable as exc:
                 if grammars == GRAMMARS_UPSTREAM:
                     raise
                 grammars = GRAMMARS_WETEXT
+                self.fallback_reason = str(exc)
             else:
                 self._zh = tn_graphs.ChineseGrammar(folder)
                 self._en = tn_graphs.EnglishGrammar(folder)
@@ -226,6 +233,18 @@ class TextNormalizer:
         self.chunk_chars = chunk_chars
         self._inflect_engine = None  # built on first use: importing inflect takes about 2 s
         self._replacements = dict(REPLACEMENTS if replacements is None else replacements)
+
+    def describe(self) -> str:
+        """One line for the log: the grammars in use, and a warning when upstream's were not found."""
+        if self.fallback_reason is not None:
+            return (
+                f"WARNING: text normalisation falls back to the wetext graphs ({self.fallback_reason}): "
+                "some numbers, dates, codes and units will read differently from upstream GLM-TTS; "
+                f"for upstream's readings: {UPSTREAM_GRAPHS_INSTALL}"
+            )
+        if self.grammars == GRAMMARS_UPSTREAM:
+            return f"text normalisation: WeTextProcessing {tn_graphs.WETEXTPROCESSING_VERSION}'s graphs (upstream's)"
+        return "text normalisation: the wetext graphs (asked for; readings differ from upstream's)"
 
     def normalize(self, text: str) -> str:
         text = _sanitize(text)
