@@ -19,10 +19,12 @@ RUN python3 -m venv /opt/build-venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY glmtts_batch ./glmtts_batch
-# The project's own wheel first, then wheels for it, its `server` extra and torch.
+# The project's own wheel first, then wheels for it, its `server` extra and torch, and
+# upstream's text-normalisation graphs without the pynini they pin (README: text normalisation).
 RUN /opt/build-venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/build-venv/bin/pip wheel --wheel-dir /wheels --extra-index-url "${TORCH_INDEX}" \
-       "torch==${TORCH_VERSION}" "$(ls /wheels/glmtts_batch-*.whl)[server]"
+       "torch==${TORCH_VERSION}" "$(ls /wheels/glmtts_batch-*.whl)[server]" \
+    && /opt/build-venv/bin/pip wheel --no-deps --wheel-dir /wheels "WeTextProcessing==1.0.3"
 
 FROM ${CUDA_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -39,6 +41,7 @@ RUN apt-get update \
 # The wheels are bind-mounted from the build stage, so they never become a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels "glmtts-batch[server]==0.1.0" \
+    && pip install --no-index --no-deps --find-links /wheels "WeTextProcessing==1.0.3" \
     && pip uninstall -y pip
 USER 10001:10001
 WORKDIR /data

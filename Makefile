@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # A pinned torch: on the project's CPU machines pip takes the local CPU wheel;
 # on a GPU machine the same pin pulls the CUDA build from PyPI.
 TORCH ?= torch==2.13.0
+# Upstream's text-normalisation graphs, without the pynini it pins (see pyproject.toml).
+UPSTREAM_TN := WeTextProcessing==1.0.3
 
 .PHONY: install demo test lint format bench bench-glmtts bench-load image-check clean
 
@@ -14,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps "$(UPSTREAM_TN)"
 	touch $@
 
 demo: install

@@ -19,6 +19,7 @@ import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+UPSTREAM_TN = "WeTextProcessing==1.0.3"  # installed --no-deps, as the Dockerfile does (pyproject.toml says why)
 SIZES = r"""
 import json, sys
 from importlib.metadata import distributions
@@ -72,6 +73,7 @@ def structural_check(text: str) -> None:
         ("HEALTHCHECK", "a HEALTHCHECK"),
         ("VOLUME", "the checkpoint mounted as a volume"),
         ("serve", "runs glmtts-batch serve by default"),
+        ('--no-deps --find-links /wheels "WeTextProcessing==1.0.3"', "upstream's TN graphs, without pynini"),
     ]:
         if needed not in (runtime if needed != "pip wheel" else text):
             problems.append(why)
@@ -95,6 +97,7 @@ def build_env(work: Path, torch: str) -> Path:
     run(pip, "wheel", "-q", "--no-deps", "--wheel-dir", wheels, REPO)
     wheel = next(wheels.glob("glmtts_batch-*.whl"))
     run(pip, "install", "-q", "--disable-pip-version-check", f"{wheel}[server]")
+    run(pip, "install", "-q", "--disable-pip-version-check", "--no-deps", UPSTREAM_TN)
     run(env / "bin" / "glmtts-batch", "--version")
     return env
 
@@ -108,7 +111,7 @@ def report(env: Path) -> dict:
     for name, version, size in packages[:10]:
         print(f"  {size / 1e6:9.1f} MB  {name} {version}")
     names = {p[0].lower() for p in packages}
-    for unwanted in ("pytest", "hypothesis", "onnx", "matplotlib", "torchaudio", "tensorboard"):
+    for unwanted in ("pytest", "hypothesis", "onnx", "matplotlib", "torchaudio", "tensorboard", "pynini", "cython"):
         if unwanted in names:
             sys.exit(f"the runtime environment contains {unwanted!r}")
     return {"bytes": total, "largest": packages[:10]}

@@ -24,11 +24,12 @@ from .tasks import (
     Task,
     TaskOrInvalid,
     count_lines,
+    explicit_base,
     iter_open_task_file,
     iter_task_dicts,
     iter_task_file,
     open_task_file,
-    task_base_dir,
+    prompt_bases,
 )
 from .writers import DEFAULT_WRITER, AudioWriter
 
@@ -58,8 +59,10 @@ def run_batch(
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
     `tasks` is a JSONL task file or an iterable of task mappings (then `out_dir`
-    is required, and relative prompt paths resolve against `base_dir`, default
-    the working directory). Default `out_dir` for a file: `outputs/<file stem>/`.
+    is required). Default `out_dir` for a file: `outputs/<file stem>/`. Relative prompt
+    paths resolve against `base_dir` when given; otherwise a task file's are looked up in
+    its folder, then in the working directory (`tasks.prompt_bases`), and mappings' in the
+    working directory. The manifest's `prompt_base` says which folder each was found in.
 
     `engine` is an `Engine` instance (the caller owns and closes it) or a name
     for `engines.select.load_engine` ("auto", "glmtts", "espeak"; loaded and
@@ -158,6 +161,7 @@ def _open_tasks(
 ) -> _TaskSource:
     if isinstance(tasks, (str, os.PathLike)):
         path = Path(tasks)
+        explicit = explicit_base(base_dir) if base_dir is not None else None
         task_file = open_task_file(path)
         try:
             total = _total_lines(task_file, path) if count_lines_for_progress else None
@@ -168,7 +172,7 @@ def _open_tasks(
                 raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
             raise
         return _TaskSource(
-            items=iter_open_task_file(task_file, task_base_dir(path, task_file)),
+            items=iter_open_task_file(task_file, (explicit,) if explicit is not None else prompt_bases(path, task_file)),
             job=job,
             out_dir=Path(out_dir) if out_dir is not None else Path("outputs") / path.stem,
             zip_name=f"{path.stem}.zip",
@@ -184,7 +188,7 @@ def _open_tasks(
     out = Path(out_dir)
     sized = tasks if isinstance(tasks, Sized) else None
     return _TaskSource(
-        items=iter_task_dicts(tasks, Path(base_dir) if base_dir is not None else None),
+        items=iter_task_dicts(tasks, base_dir),
         job=JobId(MAPPINGS_OWNER),
         out_dir=out,
         zip_name=f"{out.resolve().name or 'batch'}.zip",
@@ -312,6 +316,7 @@ def check_tasks(
     model_dir: str | os.PathLike[str] | None = None,
     campplus: str | os.PathLike[str] | None = None,
     on_item: Callable[[TaskOrInvalid], None] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
 ) -> CheckReport:
     """Validate every line of a task file (no engine is loaded). `on_item` sees each result as read.
 
@@ -319,12 +324,14 @@ def check_tasks(
     the glmtts engine's per-task input rules (prompt_text present, prompt audio decodable,
     audible, 1-30 s; `glmtts.inputs`), so a line reported valid does not fail for its inputs
     in `run --engine glmtts`. Each prompt file is decoded once.
+    Relative prompt paths resolve as `run_batch` resolves them (`base_dir`, else the task
+    file's folder, then the working directory).
     """
     path = Path(path)
     valid = 0
     problems: list[LineProblem] = []
     engine_rules = _glmtts_input_rules() if model_dir is not None else None
-    for item in iter_task_file(path):
+    for item in iter_task_file(path, base_dir):
         if engine_rules is not None and isinstance(item, Task):
             error = engine_rules(item)
             if error is not None:

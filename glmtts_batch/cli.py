@@ -26,7 +26,7 @@ from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, GlmttsBatchError, I
 from .glmtts.checkpoint_writers import PRESETS
 from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
 from .log import PREFIX, log_to_stderr, silence
-from .tasks import InvalidLine, Task, TaskOrInvalid
+from .tasks import WORKING_DIR, InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -41,6 +41,10 @@ def _echo(message: str, *, err: bool = False) -> None:
         silence(sys.stderr if err else sys.stdout)
     except OSError:
         pass  # a full disk under a redirected stream: the run's outcome is in its exit code
+_base_dir_option = click.option(
+    "--base-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder relative prompt_audio paths start from [default: the task file's folder, then the "
+         "working directory].")
 
 
 class _Commands(click.Group):
@@ -162,6 +166,7 @@ def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress log lines.")
 @click.option("--adopt", is_flag=True,
               help="Let this task file take over an output folder another task file's job owns.")
+@_base_dir_option
 def run(
     task_file: Path,
     out_dir: Path | None,
@@ -171,6 +176,7 @@ def run(
     max_failures: int | None,
     no_progress: bool,
     adopt: bool,
+    base_dir: Path | None,
     **engine_params: Any,
 ) -> None:
     """Synthesise every task in TASK_FILE (JSONL)."""
@@ -186,6 +192,7 @@ def run(
         max_failures=max_failures,
         progress=False if no_progress else None,
         adopt=adopt,
+        base_dir=base_dir,
     )
     parts = [f"{summary.ok} ok ({summary.resumed} resumed)", f"{summary.failed} failed",
              f"{summary.invalid} invalid", f"{summary.skipped} skipped"]
@@ -210,18 +217,21 @@ def run(
 @click.option("--campplus", type=click.Path(dir_okay=False, path_type=Path),
               help="CAM++ speaker model to validate with --model-dir.")
 @click.option("--errors-only", is_flag=True, help="Print only the lines with problems.")
-def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors_only: bool) -> None:
+@_base_dir_option
+def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors_only: bool,
+          base_dir: Path | None) -> None:
     """Validate TASK_FILE without synthesising (no model is loaded). Exit 1 if any line is bad."""
 
     def show(item: TaskOrInvalid) -> None:
         if isinstance(item, Task):
             if not errors_only:
-                _echo(f"line {item.line}: ok -> {item.output_name}.{DEFAULT_WRITER.suffix}")
+                found = " (prompt_audio found from the working directory)" if item.prompt_base == WORKING_DIR else ""
+                _echo(f"line {item.line}: ok -> {item.output_name}.{DEFAULT_WRITER.suffix}{found}")
         elif isinstance(item, InvalidLine):
             where = f" [{item.error.field}]" if item.error.field else ""
             _echo(f"line {item.line}: invalid{where} {type(item.error).__name__}: {item.error}")
 
-    report = check_tasks(task_file, model_dir=model_dir, campplus=campplus, on_item=show)
+    report = check_tasks(task_file, model_dir=model_dir, campplus=campplus, on_item=show, base_dir=base_dir)
     if report.checkpoint_error:
         _echo(f"checkpoint {model_dir}: {report.checkpoint_error}")
     elif model_dir is not None:
@@ -262,6 +272,8 @@ def normalize(text_file: Path | None, task_file: Path | None, as_json: bool, pho
         raise click.UsageError("give TEXT_FILE or --tasks FILE, not both")
     failed = False
     previewer = TextPreviewer(phoneme=phoneme, phoneme_dict=phoneme_dict)
+    if previewer.normalizer.fallback_reason is not None:  # the preview would not be what upstream reads
+        click.echo(f"{PREFIX}{previewer.normalizer.describe()}", err=True)
     source = text_file if text_file is not None else Path("-")
     items = previewer.preview_task_file(task_file) if task_file else previewer.preview_text_file(source)
     for item in items:

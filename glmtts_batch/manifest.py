@@ -15,7 +15,11 @@ input order. Every record has the same keys (null where not applicable):
     resumed       true when the WAV was carried over from an earlier run
     reason        why a line was skipped: "max_failures" or "interrupted"
     error         {type, message, field} for failed and invalid lines
-    text, prompt_audio, prompt_text, phoneme   the task's inputs
+    text, prompt_audio, prompt_text, phoneme   the task's inputs (prompt_audio as found)
+    prompt_base   where a relative prompt_audio was found: "task_file_dir" (the task
+                  file's folder), "working_dir" (the working directory, e.g. upstream's
+                  own task files run from upstream's folder) or "base_dir" (--base-dir);
+                  null for an absolute path or no prompt
     warnings, details                          from the engine's Synthesis
 
 Status semantics (the manifest describes the outputs, not the run history):
@@ -113,6 +117,7 @@ class Record:
     error: dict[str, Any] | None = None
     text: str | None = None
     prompt_audio: str | None = None
+    prompt_base: str | None = None  # tasks.TASK_FILE_DIR | WORKING_DIR | BASE_DIR
     prompt_text: str | None = None
     phoneme: bool | None = None
     warnings: list[str] | None = None
@@ -144,6 +149,7 @@ def _task_record(task: Task, status: Status, info: EngineInfo, run_seed: int) ->
         seed=effective_seed(task, run_seed),
         text=task.text,
         prompt_audio=str(task.prompt_audio) if task.prompt_audio else None,
+        prompt_base=task.prompt_base,
         prompt_text=task.prompt_text,
         phoneme=task.phoneme,
         warnings=[],

@@ -64,6 +64,10 @@ class TextPreviewer:
 
             self._phoneme_dict = PhonemeDict.load(phoneme_dict) if phoneme_dict is not None else None
 
+    @property
+    def normalizer(self) -> TextNormalizer:
+        return self._normalizer
+
     def preview(self, text: str, line: int = 1) -> TextPreview:
         normalized, pieces = normalize_and_split(text, self._normalizer, self._length)
         phonemes = None

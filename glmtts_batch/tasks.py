@@ -14,8 +14,9 @@ Each other line yields either a `Task` or an `InvalidLine` carrying an
 line. Fields:
 
     input_text    (required; alias syn_text)   text to speak, not blank, <= MAX_TEXT_CHARS
-    prompt_audio  (alias prompt_speech)        voice prompt; relative to the task file's
-                                               folder (the working directory for a pipe)
+    prompt_audio  (alias prompt_speech)        voice prompt; a relative path is looked up in
+                                               the task file's folder, then in the working
+                                               directory (see `prompt_bases`)
     prompt_text                                transcript of the prompt audio
     output_name   (alias uttid)                WAV name without ".wav"; default: line number
     seed                                       int, overrides the run seed
@@ -42,13 +43,18 @@ import json
 import os
 import stat
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import InvalidTaskError, PromptAudioError, RunError, TaskError
 from .nameindex import NameIndex
+
+# Where a relative prompt path was found (`Task.prompt_base`, the manifest's `prompt_base`).
+TASK_FILE_DIR = "task_file_dir"  # the task file's own folder
+WORKING_DIR = "working_dir"  # the working directory (upstream's scripts name prompts from there)
+BASE_DIR = "base_dir"  # the folder given as --base-dir / base_dir=
 
 CANONICAL_FIELDS = ("input_text", "prompt_audio", "prompt_text", "output_name", "seed", "phoneme")
 ALIASES = {"syn_text": "input_text", "prompt_speech": "prompt_audio", "uttid": "output_name"}
@@ -98,6 +104,22 @@ class Task:
     prompt_text: str | None = None
     seed: int | None = None  # None: use the run seed
     phoneme: bool | None = None  # None: the run default (on when a phoneme dict is given)
+    # Which folder a relative prompt_audio was found in (TASK_FILE_DIR, WORKING_DIR or
+    # BASE_DIR); None for an absolute or `~` path, or no prompt.
+    prompt_base: str | None = None
+
+
+@dataclass(frozen=True)
+class PromptBase:
+    """A folder relative prompt paths are looked up in, and its name (`Task.prompt_base`)."""
+
+    folder: Path
+    name: str
+
+    def describe(self) -> str:
+        return {TASK_FILE_DIR: "the task file's folder", WORKING_DIR: "the working directory"}.get(
+            self.name, "--base-dir"
+        )
 
 
 @dataclass(frozen=True)
@@ -208,10 +230,14 @@ def name_key(name: str) -> str:
 
 
 class TaskValidator:
-    """Turns decoded objects into Tasks. Holds the names seen so far (duplicate check)."""
+    """Turns decoded objects into Tasks. Holds the names seen so far (duplicate check).
 
-    def __init__(self, base_dir: Path) -> None:
-        self.base_dir = base_dir
+    `bases`: the folders a relative prompt path is looked up in, first match wins (a bare
+    `Path` is one explicit base, `BASE_DIR`).
+    """
+
+    def __init__(self, bases: Path | Sequence[PromptBase]) -> None:
+        self.bases = (PromptBase(bases, BASE_DIR),) if isinstance(bases, Path) else tuple(bases)
         self._names = NameIndex()  # name_key -> first line using it (digests: flat memory per line)
 
     def validate(self, line: int, obj: Any) -> Task:
@@ -245,13 +271,13 @@ class TaskValidator:
         phoneme = _typed(line, fields, "phoneme", bool, optional=True)
 
         prompt_audio: Path | None = None
+        prompt_base: str | None = None
         raw_prompt = _typed(line, fields, "prompt_audio", str, optional=True)
         if raw_prompt is not None:
             check_string(line, "prompt_audio", raw_prompt)
             if not raw_prompt.strip() or "\x00" in raw_prompt:
                 raise InvalidTaskError(f"line {line}: prompt_audio is not a usable path", field="prompt_audio")
-            prompt_audio = self.base_dir / Path(os.path.expanduser(raw_prompt))
-            _check_prompt_file(line, prompt_audio)
+            prompt_audio, prompt_base = self._find_prompt(line, raw_prompt)
 
         return Task(
             line=line,
@@ -261,6 +287,31 @@ class TaskValidator:
             prompt_text=prompt_text,
             seed=seed,
             phoneme=phoneme,
+            prompt_base=prompt_base,
+        )
+
+    def _find_prompt(self, line: int, raw: str) -> tuple[Path, str | None]:
+        """The prompt file and the name of the base it was found in (None: an absolute path).
+
+        Only "not found" moves on to the next base: a file that is there but cannot be used
+        (unreadable, a folder) is this task's error, rather than a quiet switch to another voice.
+        """
+        path = Path(os.path.expanduser(raw))
+        if path.is_absolute():
+            _check_prompt_file(line, path)
+            return path, None
+        looked: list[tuple[PromptBase, Path]] = []
+        for base in self.bases:
+            candidate = base.folder / path
+            if _check_prompt_file(line, candidate, missing_ok=True):
+                return candidate, base.name
+            looked.append((base, candidate))
+        if len(looked) == 1:
+            raise PromptAudioError(f"line {line}: prompt_audio {str(looked[0][1])!r} not found")
+        places = " and ".join(f"{str(candidate)!r} ({base.describe()})" for base, candidate in looked)
+        raise PromptAudioError(
+            f"line {line}: prompt_audio {raw!r} not found: looked for {places} "
+            "(--base-dir DIR names the folder relative prompt paths start from)"
         )
 
     def _canonical_fields(self, line: int, obj: Mapping) -> dict[str, Any]:
@@ -312,11 +363,16 @@ class TaskValidator:
         return name
 
 
-def _check_prompt_file(line: int, path: Path) -> None:
-    """The prompt must be a file. Any OS error on it (ENAMETOOLONG, EACCES, ELOOP...) is this task's."""
+def _check_prompt_file(line: int, path: Path, *, missing_ok: bool = False) -> bool:
+    """The prompt must be a file. Any OS error on it (ENAMETOOLONG, EACCES, ELOOP...) is this task's.
+
+    With `missing_ok`, a path that is not there (a missing file or folder on the way)
+    returns False instead of raising."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        if missing_ok:
+            return False
         raise PromptAudioError(f"line {line}: prompt_audio {str(path)!r} not found") from None
     except OSError as e:
         raise PromptAudioError(
@@ -326,6 +382,7 @@ def _check_prompt_file(line: int, path: Path) -> None:
         raise PromptAudioError(f"line {line}: prompt_audio is not a usable path ({e})") from None
     if not stat.S_ISREG(st.st_mode):
         raise PromptAudioError(f"line {line}: prompt_audio {str(path)!r} is not a file")
+    return True
 
 
 def _describe_int(value: int) -> str:
@@ -505,32 +562,61 @@ def open_task_file(path: str | Path):
 
 
 def task_base_dir(path: str | Path, f: BinaryIO | None = None) -> Path:
-    """The folder relative prompt paths in a task file resolve against.
-
-    A regular file: its own folder (links resolved). A pipe, FIFO, terminal or /proc fd
-    (`run /dev/stdin`): the working directory, since such a source has no folder of its
-    own (`/dev/stdin` resolves to `/proc/<pid>/fd/...`). `f`, when given, is the opened
-    file, so the answer is about what was opened rather than what the name points at now.
+    """The task file's own folder: for a regular file its folder (links resolved); for a
+    pipe, FIFO, terminal or /proc fd (`run /dev/stdin`) the working directory, since such a
+    source has no folder of its own (`/dev/stdin` resolves to `/proc/<pid>/fd/...`). `f`,
+    when given, is the opened file, so the answer is about what was opened rather than what
+    the name points at now.
     """
-    path = Path(path)
+    return Path(path).resolve().parent if _is_regular(path, f) else Path.cwd()
+
+
+def _is_regular(path: str | Path, f: BinaryIO | None) -> bool:
     try:
-        st = os.fstat(f.fileno()) if f is not None else os.stat(path)
-        regular = stat.S_ISREG(st.st_mode)
+        return stat.S_ISREG((os.fstat(f.fileno()) if f is not None else os.stat(path)).st_mode)
     except (OSError, ValueError, AttributeError):
-        regular = False
-    return path.resolve().parent if regular else Path.cwd()
+        return False
 
 
-def iter_task_file(path: str | Path) -> Iterator[TaskOrInvalid]:
-    """Stream a JSONL task file. Relative prompt paths resolve against `task_base_dir`."""
+def explicit_base(base_dir: str | os.PathLike[str]) -> PromptBase:
+    """`--base-dir DIR`: the one folder relative prompt paths resolve against (no search)."""
+    folder = Path(base_dir)
+    if not folder.is_dir():
+        raise RunError(f"base_dir {str(folder)!r} is not a folder")
+    return PromptBase(folder.absolute(), BASE_DIR)
+
+
+def prompt_bases(path: str | Path, f: BinaryIO | None = None) -> tuple[PromptBase, ...]:
+    """Where a task file's relative prompt paths are looked up, in order, without --base-dir.
+
+    The task file's folder, then the working directory: upstream GLM-TTS's scripts run
+    from their repository and name prompts from there (`"prompt_speech":
+    "examples/prompt/jiayan_zh.wav"` in `examples/example_zh.jsonl`). A pipe has no folder
+    of its own: the working directory only.
+    """
+    cwd = Path.cwd()
+    if not _is_regular(path, f):
+        return (PromptBase(cwd, WORKING_DIR),)
+    own = Path(path).resolve().parent
+    if own == cwd.resolve():
+        return (PromptBase(own, TASK_FILE_DIR),)
+    return PromptBase(own, TASK_FILE_DIR), PromptBase(cwd, WORKING_DIR)
+
+
+def iter_task_file(path: str | Path, base_dir: str | os.PathLike[str] | None = None) -> Iterator[TaskOrInvalid]:
+    """Stream a JSONL task file. Relative prompt paths resolve against `base_dir` when
+    given, else as `prompt_bases` says."""
     path = Path(path)
+    explicit = explicit_base(base_dir) if base_dir is not None else None
     f = open_task_file(path)
-    return iter_open_task_file(f, task_base_dir(path, f))
+    return iter_open_task_file(f, (explicit,) if explicit is not None else prompt_bases(path, f))
 
 
-def iter_open_task_file(f: BinaryIO, base_dir: Path) -> Iterator[TaskOrInvalid]:
-    """Stream tasks from an already opened binary file; closes it when exhausted."""
-    validator = TaskValidator(base_dir)
+def iter_open_task_file(f: BinaryIO, bases: Path | Sequence[PromptBase]) -> Iterator[TaskOrInvalid]:
+    """Stream tasks from an already opened binary file; closes it when exhausted.
+
+    `bases`: see `TaskValidator` (`prompt_bases` gives a task file's)."""
+    validator = TaskValidator(bases)
     with f:
         for line, raw in enumerate(_bounded_lines(f), start=1):
             if isinstance(raw, _OverlongLine):
@@ -572,9 +658,15 @@ def _bounded_lines(f: BinaryIO) -> Iterator[bytes | _OverlongLine]:
         yield _OverlongLine(b"\r" in raw[:content]) if content > MAX_LINE_BYTES else raw
 
 
-def iter_task_dicts(tasks: Iterable[Any], base_dir: str | Path | None = None) -> Iterator[TaskOrInvalid]:
-    """Validate tasks given as mappings (Python API). Line = 1-based position."""
-    validator = TaskValidator(Path(base_dir) if base_dir is not None else Path.cwd())
+def iter_task_dicts(tasks: Iterable[Any], base_dir: str | os.PathLike[str] | None = None) -> Iterator[TaskOrInvalid]:
+    """Validate tasks given as mappings (Python API). Line = 1-based position.
+
+    Relative prompt paths resolve against `base_dir`, default the working directory."""
+    base = explicit_base(base_dir) if base_dir is not None else PromptBase(Path.cwd(), WORKING_DIR)
+    return _validated(TaskValidator((base,)), tasks)
+
+
+def _validated(validator: TaskValidator, tasks: Iterable[Any]) -> Iterator[TaskOrInvalid]:
     for line, obj in enumerate(tasks, start=1):
         yield _validate(validator, line, obj)
 

@@ -205,7 +205,10 @@ def test_manifest_details_are_present_and_sane(engine, voice):
     assert (settings["dtype"], settings["flow_dtype"], settings["prompt_cache"], settings["phoneme_dict_sha256"]) == (
         "fp32", "fp32", True, None)
     assert settings["sampling_rng"] == "fast" and settings["generation"]["sample_method"] == "ras" and "device" not in settings
-    assert settings == engine_settings(engine.options, engine.generation)  # what test_resume_settings covers
+    assert settings["text_grammars"] == engine.models.text.normalizer.grammars
+    assert settings == engine_settings(  # what test_resume_settings covers
+        engine.options, engine.generation, text_grammars=engine.models.text.normalizer.grammars
+    )
 
 
 # ------------------------------------------------------------------------------- seeding
@@ -485,3 +488,27 @@ def test_upstream_sampling_rng_is_a_recorded_setting_with_its_own_tokens(tiny_ch
         upstream.close()
     with pytest.raises(EngineLoadError, match="sampling_rng"):
         GlmTtsEngine.load(dataclasses.replace(options, sampling_rng="numpy"), log=quiet)
+
+
+def test_falling_back_to_the_wetext_graphs_is_logged_at_load_and_in_the_settings(tiny_checkpoint, engine, monkeypatch):
+    """Without WeTextProcessing 1.0.3's graphs the engine still runs, with wetext's, and says so:
+    a warning at load with the install command, and the grammars in the settings (resume key)."""
+    from glmtts_batch.glmtts.text import tn_graphs
+    from glmtts_batch.glmtts.text.normalize import GRAMMARS_WETEXT, UPSTREAM_GRAPHS_INSTALL
+
+    def unavailable():
+        raise tn_graphs.GraphsUnavailable("WeTextProcessing is not installed")
+
+    monkeypatch.setattr(tn_graphs, "graph_dir", unavailable)
+    lines: list[str] = []
+    fallback = GlmTtsEngine.load(EngineOptions(model_dir=tiny_checkpoint, device="cpu"), log=lines.append)
+    try:
+        warnings = [line for line in lines if "WARNING" in line]
+        assert len(warnings) == 1, lines
+        assert "wetext" in warnings[0] and "WeTextProcessing is not installed" in warnings[0]
+        assert UPSTREAM_GRAPHS_INSTALL in warnings[0]
+        assert fallback.info.settings["text_grammars"] == GRAMMARS_WETEXT
+        if engine.info.settings["text_grammars"] != GRAMMARS_WETEXT:  # upstream's graphs are installed here
+            assert fallback.info.settings != engine.info.settings
+    finally:
+        fallback.close()

@@ -31,7 +31,7 @@ from glmtts_batch.writers import DEFAULT_WRITER, WavWriter
 DOCUMENTED_KEYS = (
     "line", "output_name", "status", "wav", "duration_s", "sample_rate", "sha256",
     "engine", "model", "seed", "elapsed_s", "resumed", "reason", "error",
-    "text", "prompt_audio", "prompt_text", "phoneme", "warnings", "details",
+    "text", "prompt_audio", "prompt_base", "prompt_text", "phoneme", "warnings", "details",
 )  # fmt: skip
 
 INFO = EngineInfo(name="fake", model="fake-v1", sample_rate=16000, device="cpu", clones_voice=True)
@@ -58,7 +58,7 @@ def test_ok_record_holds_the_file_and_the_engine_notes() -> None:
         "line": 3, "output_name": "ch1", "status": "ok", "wav": "ch1.wav", "duration_s": 0.5,
         "sample_rate": 16000, "sha256": "ab" * 32, "engine": "fake", "model": "fake-v1", "seed": 7,
         "elapsed_s": None, "resumed": False, "reason": None, "error": None, "text": "hello",
-        "prompt_audio": "/p/voice.wav", "prompt_text": "hi", "phoneme": None, "warnings": ["w"],
+        "prompt_audio": "/p/voice.wav", "prompt_base": None, "prompt_text": "hi", "phoneme": None, "warnings": ["w"],
         "details": {"rtf": 0.1},
     }  # fmt: skip
     synthesis.details["later"] = 1  # the record keeps its own copy

@@ -22,12 +22,15 @@ from glmtts_batch.engines.espeak import EspeakEngine
 from glmtts_batch.glmtts import engine as glmtts_engine
 from glmtts_batch.glmtts.llm import GenerationOptions
 from glmtts_batch.glmtts.sampling import RasParams
+from glmtts_batch.glmtts.text.normalize import GRAMMARS_UPSTREAM, GRAMMARS_WETEXT
 from glmtts_batch.settings import audio_settings, by_content, run_only
 
 
-def glmtts_settings(options: EngineOptions, generation: GenerationOptions) -> dict[str, Any]:
+def glmtts_settings(
+    options: EngineOptions, generation: GenerationOptions, text_grammars: str = GRAMMARS_UPSTREAM
+) -> dict[str, Any]:
     # What GlmTtsEngine puts in EngineInfo.settings (test_glmtts_engine checks a loaded engine).
-    return glmtts_engine.engine_settings(options, generation)
+    return glmtts_engine.engine_settings(options, generation, text_grammars=text_grammars)
 
 
 def _dict_file(tmp_path: Path, name: str, content: str) -> Path:
@@ -196,3 +199,12 @@ def test_a_new_audio_version_redoes_the_tasks(tmp_path: Path, monkeypatch: pytes
     assert _run(tasks, out, glmtts_settings(EngineOptions(), GenerationOptions()))[0].ok == 2
     monkeypatch.setattr(glmtts_engine, "AUDIO_VERSION", glmtts_engine.AUDIO_VERSION + 1)
     assert _run(tasks, out, glmtts_settings(EngineOptions(), GenerationOptions()))[0].ok == 2
+
+
+def test_the_text_normalisation_grammars_are_in_the_engine_settings() -> None:
+    """Upstream's TN graphs and the wetext fallback read the same text differently: a run whose
+    install lost (or gained) upstream's graphs redoes its tasks rather than mixing readings."""
+    upstream = glmtts_settings(EngineOptions(), GenerationOptions())
+    fallback = glmtts_settings(EngineOptions(), GenerationOptions(), text_grammars=GRAMMARS_WETEXT)
+    assert upstream["text_grammars"] == GRAMMARS_UPSTREAM and fallback["text_grammars"] == GRAMMARS_WETEXT
+    assert upstream != fallback

@@ -141,12 +141,15 @@ def finished(job: dict) -> bool:
 
 
 def comparable(manifest_text: str) -> list[dict]:
-    """Manifest records without run-history and timing fields; prompt paths by file name."""
+    """Manifest records without run-history and timing fields; prompt paths by file name, and
+    without prompt_base (the server names a job's upload folder as its base_dir; `run` finds
+    the same file in the task file's folder)."""
     records = []
     for line in manifest_text.splitlines():
         r = {k: v for k, v in json.loads(line).items() if k not in RUN_HISTORY_KEYS}
         r["details"] = {k: v for k, v in (r["details"] or {}).items() if k not in TIMING_DETAILS}
         r["prompt_audio"] = Path(r["prompt_audio"]).name if r["prompt_audio"] else None
+        r.pop("prompt_base")
         records.append(r)
     return records
 
@@ -189,6 +192,8 @@ def test_submit_poll_download_equals_what_run_writes(client: httpx.Client, tmp_p
         assert archive.read(name) == (reference / name).read_bytes(), name
     manifest = archive.read("manifest.jsonl").decode()
     assert comparable(manifest) == comparable((reference / "manifest.jsonl").read_text())
+    # a job's prompts are looked up in its own upload folder only, never the server's working directory
+    assert [json.loads(x)["prompt_base"] for x in manifest.splitlines()] == ["base_dir", None, None]
     assert client.get(f"/v1/jobs/{job_id}/manifest").text == manifest
     assert client.get(f"/v1/jobs/{job_id}/summary").json()["counts"]["ok"] == 3
     assert client.get(f"/v1/jobs/{job_id}/audio/c1").content == (reference / "c1.wav").read_bytes()

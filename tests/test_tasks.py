@@ -46,7 +46,8 @@ def test_fields_aliases_defaults_and_relative_paths(tmp_path: Path, prompt: Path
         json.dumps({"input_text": "numeric id", "uttid": 42, "phoneme": False}),
     ])
     a, b, c, d = read(f)
-    assert a == Task(line=1, text="hello", output_name="a", prompt_audio=prompt, prompt_text="hi", seed=7, phoneme=True)
+    assert a == Task(line=1, text="hello", output_name="a", prompt_audio=prompt, prompt_text="hi", seed=7, phoneme=True,
+                     prompt_base="task_file_dir")
     assert (b.text, b.output_name, b.prompt_audio, b.seed, b.phoneme) == ("world", "b", sub / "p.wav", None, None)
     assert c.output_name == "3"  # default name: the line number
     assert d.output_name == "42"
@@ -528,3 +529,4 @@ def test_run_from_a_pipe_resolves_prompts_against_the_working_directory(tmp_path
         os.close(r)
     (record,) = [json.loads(x) for x in summary.manifest.read_text().splitlines()]
     assert record["status"] == "ok" and record["prompt_audio"] == str(tmp_path / "voice.wav")
+    assert record["prompt_base"] == "working_dir"  # a pipe has no folder: the working directory only

@@ -197,7 +197,59 @@ def test_wetext_fallback_still_reads_both_scripts(wetext_norm: TextNormalizer) -
 
 def test_auto_picks_upstream_graphs_when_installed() -> None:
     expected = GRAMMARS_WETEXT if NO_UPSTREAM_GRAPHS else GRAMMARS_UPSTREAM
-    assert TextNormalizer().grammars == expected
+    chosen = TextNormalizer()
+    assert chosen.grammars == expected
+    assert (chosen.fallback_reason is None) == (not NO_UPSTREAM_GRAPHS)
+
+
+@needs_upstream_graphs
+def test_upstream_graphs_are_named_without_a_warning(norm: TextNormalizer) -> None:
+    assert norm.fallback_reason is None
+    assert "WARNING" not in norm.describe() and "WeTextProcessing 1.0.3" in norm.describe()
+
+
+def test_falling_back_to_wetext_is_announced_not_silent(monkeypatch) -> None:
+    def unavailable():
+        raise tn_graphs.GraphsUnavailable("WeTextProcessing is not installed")
+
+    monkeypatch.setattr(tn_graphs, "graph_dir", unavailable)
+    fallback = TextNormalizer()
+    assert fallback.grammars == GRAMMARS_WETEXT
+    assert fallback.fallback_reason == "WeTextProcessing is not installed"
+    notice = fallback.describe()
+    assert notice.startswith("WARNING: text normalisation falls back to the wetext graphs")
+    assert "pip install --no-deps WeTextProcessing==1.0.3" in notice
+    with pytest.raises(tn_graphs.GraphsUnavailable):  # asked for by name: no fallback at all
+        TextNormalizer(grammars=GRAMMARS_UPSTREAM)
+
+    from click.testing import CliRunner
+
+    from glmtts_batch.cli import main
+
+    result = CliRunner().invoke(main, ["normalize", "-"], input="I have 2 cats\n")
+    assert result.exit_code == 0
+    assert result.stderr.startswith("glmtts-batch: WARNING: text normalisation falls back")
+    assert "i have two cats." in result.stdout and "WARNING" not in result.stdout
+
+
+def test_the_upstream_graphs_need_no_pynini(norm: TextNormalizer) -> None:
+    """The graphs are read from the installed distribution's files and nothing of it is
+    imported, so `pip install --no-deps WeTextProcessing==1.0.3` is enough: in a fresh
+    interpreter where pynini and WeTextProcessing's packages cannot be imported, the
+    readings are the same."""
+    import subprocess
+    import sys
+
+    text = "电话13812345678，共100册。I paid $5 on 3/4/2021."
+    script = (
+        "import sys\n"
+        "for name in ('pynini', '_pynini', 'pywrapfst', 'tn', 'itn'): sys.modules[name] = None\n"
+        "from glmtts_batch.glmtts.text.normalize import GRAMMARS_UPSTREAM, TextNormalizer\n"
+        f"print(TextNormalizer(grammars=GRAMMARS_UPSTREAM).normalize({text!r}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == norm.normalize(text)
 
 
 # --- never raises ---

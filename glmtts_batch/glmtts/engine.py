@@ -55,10 +55,17 @@ CROSSFADE_MS = 20.0
 AUDIO_VERSION = 1
 
 
-def engine_settings(options: EngineOptions, generation: GenerationOptions) -> dict[str, Any]:
+def engine_settings(options: EngineOptions, generation: GenerationOptions, *, text_grammars: str) -> dict[str, Any]:
     """`EngineInfo.settings`: built from the configuration itself, so a new audio-shaping
-    option is in the resume key without anyone remembering to add it (glmtts_batch.settings)."""
-    return {**audio_settings(options), "generation": audio_settings(generation), "audio_version": AUDIO_VERSION}
+    option is in the resume key without anyone remembering to add it (glmtts_batch.settings).
+    `text_grammars` (`TextNormalizer.grammars`) is there too: upstream's TN graphs and the
+    wetext fallback read the same text differently."""
+    return {
+        **audio_settings(options),
+        "generation": audio_settings(generation),
+        "text_grammars": text_grammars,
+        "audio_version": AUDIO_VERSION,
+    }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,7 +116,7 @@ class GlmTtsEngine:
             sample_rate=options.sample_rate,
             device=str(device),
             clones_voice=True,
-            settings=engine_settings(options, generation),
+            settings=engine_settings(options, generation, text_grammars=models.text.normalizer.grammars),
         )
 
     @classmethod
@@ -161,6 +168,7 @@ class GlmTtsEngine:
             )
         except ValueError as exc:
             raise EngineLoadError(str(exc)) from exc
+        log(f"glmtts: {models.text.normalizer.describe()}")
         log(f"glmtts: loaded in {time.perf_counter() - started:.1f} s")
         return cls(layout, models, device=device, options=options, generation=generation)
 

@@ -85,7 +85,7 @@ def validate_job_input(paths: JobPaths, uploaded: Iterable[str], limits: ServerL
     task_lines, ours = _prescan(paths.task_file, uploaded, limits)
     if task_lines > limits.max_lines:
         raise limit_error("the task file", limits.max_lines, "lines", "--max-lines")
-    report = check_tasks(paths.task_file)
+    report = check_tasks(paths.task_file, base_dir=paths.input)  # never the server's working directory
     problems = {p.line: p for p in report.problems}
     problems.update(ours)  # a path trick is the line's real problem, whatever `check` saw
     if not problems:

@@ -121,7 +121,7 @@ class Worker:
 
         try:
             summary = run_batch(
-                paths.task_file, paths.out, engine=self.host.runner_view, seed=job.seed,
+                paths.task_file, paths.out, engine=self.host.runner_view, seed=job.seed, base_dir=paths.input,
                 max_failures=job.max_failures, progress=False, fsync=True,
                 log=lambda m: self.log(f"job {job.id}: {m}"), cancel=cancel, on_record=record,
             )

@@ -40,6 +40,10 @@ class TextFrontend:
         self._normalizer = normalizer or TextNormalizer()
         self._length = LengthCounter()
 
+    @property
+    def normalizer(self) -> TextNormalizer:
+        return self._normalizer
+
     def normalize(self, text: str) -> str:
         return self._normalizer.normalize(text)
 

@@ -21,11 +21,14 @@ Steps (same order as upstream):
 Grammars. Upstream runs WeTextProcessing 1.0.3. We run 1.0.3's own compiled graphs with
 kaldifst (`tn_graphs`), which reproduces upstream's readings exactly, quirks included
 (`100册` -> 幺零零册, phone numbers digit by digit). The graphs come from the
-`WeTextProcessing==1.0.3` wheel, a dependency on Python < 3.12 (its pinned pynini 2.1.5 has no
-newer wheels; pynini is installed with it but never imported). Where it is not installed,
-the maintained `wetext` graphs are used instead (`grammars="wetext"`); they read many inputs
-differently from upstream (two small rules, `_two_as_liang` and the operator spelling, put
-the commonest differences back).
+`WeTextProcessing==1.0.3` wheel, installed with `pip install --no-deps` (`make install` and
+the Dockerfile do; it is not a declared dependency because it pins pynini 2.1.5, 670 MB
+installed and without wheels past Python 3.11, which is never imported here). Where it is
+not installed, the maintained `wetext` graphs are used instead (`grammars="wetext"`); they
+read many inputs differently from upstream (two small rules, `_two_as_liang` and the
+operator spelling, put the commonest differences back). That fallback is never silent:
+`TextNormalizer.fallback_reason` says why, `describe()` is the warning the engine logs at
+load, and the grammars in use are part of the engine's settings (the resume key).
 
 Never raises. Lone surrogates and NUL characters are dropped first (no grammar can read
 them); digits the grammar left are spelled out digit group by digit group, and a number too
@@ -64,15 +67,14 @@ from typing import Protocol
 import emoji
 
 from glmtts_batch.glmtts.text import tn_graphs
+from glmtts_batch.glmtts.text.chars import SENTENCE_PUNCTUATION, UPSTREAM_CHINESE_CLASS, contains_upstream_chinese
 
 GRAMMARS_UPSTREAM = f"wetextprocessing-{tn_graphs.WETEXTPROCESSING_VERSION}"
 GRAMMARS_WETEXT = "wetext"
+UPSTREAM_GRAPHS_INSTALL = f"pip install --no-deps WeTextProcessing=={tn_graphs.WETEXTPROCESSING_VERSION}"
 
 GRAMMAR_CHUNK_MAX = 1000  # longer texts reach the grammar in chunks: see grammar_chunks
 GRAMMAR_CHUNK_CHARS = 50
-
-# Clause punctuation upstream treats as sentence/clause boundaries.
-PUNCTUATION_CHARS = "。？！；：、.?!;:，,"
 
 REPLACEMENTS = {"噢": "哦", "欸": "诶"}  # interjection spellings the model reads better
 
@@ -157,7 +159,6 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
     ),
 )
 
-_CHINESE = re.compile(r"[\u4e00-\u9fff]")
 _CN_DIGITS = "零一二三四五六七八九"
 _LINE_ENDINGS = set(".!?;:：。！？；，")
 
@@ -192,15 +193,12 @@ _PLAIN_DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
 _LEADING_TWO = re.compile(r"(?<!十)二(?=[百千万亿])")
 
 
-def contains_chinese(text: str) -> bool:
-    return bool(_CHINESE.search(text))
-
-
 class TextNormalizer:
     """Upstream's text normalisation. Build once, reuse for every text.
 
     `grammars`: "auto" (WeTextProcessing 1.0.3's graphs when installed, else wetext's),
-    `GRAMMARS_UPSTREAM` or `GRAMMARS_WETEXT`. The one in use is in `self.grammars`.
+    `GRAMMARS_UPSTREAM` or `GRAMMARS_WETEXT`. The one in use is in `self.grammars`; when
+    "auto" fell back to wetext's, `self.fallback_reason` says why (else None).
     `chunk_chars`: texts longer than this reach the grammar in sentence chunks
     (`grammar_chunks`), which keeps time linear in the text length.
     """
@@ -216,13 +214,15 @@ class TextNormalizer:
             raise ValueError(f"unknown grammars {grammars!r}")
         self._zh: _Grammar
         self._en: _Grammar
+        self.fallback_reason: str | None = None
         if grammars != GRAMMARS_WETEXT:
             try:
                 folder = tn_graphs.graph_dir()
-            except tn_graphs.GraphsUnavailable:
+            except tn_graphs.GraphsUnavailable as exc:
                 if grammars == GRAMMARS_UPSTREAM:
                     raise
                 grammars = GRAMMARS_WETEXT
+                self.fallback_reason = str(exc)
             else:
                 self._zh = tn_graphs.ChineseGrammar(folder)
                 self._en = tn_graphs.EnglishGrammar(folder)
@@ -234,10 +234,22 @@ class TextNormalizer:
         self._inflect_engine = None  # built on first use: importing inflect takes about 2 s
         self._replacements = dict(REPLACEMENTS if replacements is None else replacements)
 
+    def describe(self) -> str:
+        """One line for the log: the grammars in use, and a warning when upstream's were not found."""
+        if self.fallback_reason is not None:
+            return (
+                f"WARNING: text normalisation falls back to the wetext graphs ({self.fallback_reason}): "
+                "some numbers, dates, codes and units will read differently from upstream GLM-TTS; "
+                f"for upstream's readings: {UPSTREAM_GRAPHS_INSTALL}"
+            )
+        if self.grammars == GRAMMARS_UPSTREAM:
+            return f"text normalisation: WeTextProcessing {tn_graphs.WETEXTPROCESSING_VERSION}'s graphs (upstream's)"
+        return "text normalisation: the wetext graphs (asked for; readings differ from upstream's)"
+
     def normalize(self, text: str) -> str:
         text = _sanitize(text)
         text = _preprocess(text)
-        if contains_chinese(text):
+        if contains_upstream_chinese(text):
             text = self._normalize_chinese(text).lower()
         else:
             text = self._normalize_english(text)
@@ -252,7 +264,7 @@ class TextNormalizer:
         text = _scientific_notation(text)
         text = re.sub(r"(?<=\d)\s*-\s*(?=\d)", "减", text)
         text = text.replace("-", "")
-        text = re.sub(f"咯([{re.escape(PUNCTUATION_CHARS)}])", r"喽\1", text)
+        text = re.sub(f"咯([{re.escape(SENTENCE_PUNCTUATION)}])", r"喽\1", text)
         for old, new in self._replacements.items():
             text = text.replace(old, new)
         text = _GROUPED_NUMBER.sub(lambda m: _grouped_number_to_chinese(m.group()), text)
@@ -326,7 +338,7 @@ class _Grammar(Protocol):  # what both grammar sets offer
 # those, after a Chinese clause mark or an English comma before a word; in a stretch without
 # either, at a space or anywhere (only text no narrator writes gets there).
 _CHUNK_BOUNDARIES = {
-    "zh": (re.compile(r"(?<=[。！？；])(?=\S)"), re.compile(r"(?<=[，、：])(?=[\u4e00-\u9fff])")),
+    "zh": (re.compile(r"(?<=[。！？；])(?=\S)"), re.compile(f"(?<=[，、：])(?={UPSTREAM_CHINESE_CLASS})")),
     "en": (re.compile(r"(?<=[.!?]) +(?=[A-Z])"), re.compile(r"(?<=,) +(?=[A-Za-z])")),
 }
 
@@ -428,10 +440,10 @@ def _preprocess(text: str) -> str:
         if not line:
             continue
         if line[-1] not in _LINE_ENDINGS:
-            line = line + "。" if contains_chinese(line) else line + ". "
+            line = line + "。" if contains_upstream_chinese(line) else line + ". "
         lines.append(line)
     joined = "".join(lines)
-    text = joined if contains_chinese(joined) else " ".join(lines)
+    text = joined if contains_upstream_chinese(joined) else " ".join(lines)
     text = emoji.replace_emoji(text, replace="")
     return re.sub(r"(?<=[a-zA-Z])-(?=[a-zA-Z])", " ", text)
 
@@ -554,7 +566,7 @@ def _keep_spaces_between_words(text: str) -> str:
 
 def _normalize_punctuation(text: str) -> str:
     text = _keep_spaces_between_words(text)
-    marks = re.escape(PUNCTUATION_CHARS)
+    marks = re.escape(SENTENCE_PUNCTUATION)
     text = re.sub(f"([{marks}])\\1+", r"\1", text)
     text = re.sub(f"[{marks}](?=[{marks}])", "", text)
     return text.replace("#", "").replace("！", "。").replace("!", ".")
@@ -563,7 +575,7 @@ def _normalize_punctuation(text: str) -> str:
 def _ensure_ending(text: str) -> str:
     if text and text[-1] in "？?":
         return text
-    end = "。" if contains_chinese(text) else "."
-    if text and text[-1] in PUNCTUATION_CHARS:
+    end = "。" if contains_upstream_chinese(text) else "."
+    if text and text[-1] in SENTENCE_PUNCTUATION:
         return text[:-1] + end
     return text + end
