@@ -71,6 +71,7 @@ from . import __version__
 from .digests import sha256_file
 from .engines.base import EngineInfo, Synthesis
 from .errors import InvalidTaskError
+from .nameindex import NameIndex
 from .outputs import (
     AudioInfo,
     create_exclusive,
@@ -313,7 +314,9 @@ class Journal:
         self.out_dir = out_dir
         self.path = ensure_state_dir(out_dir) / JOURNAL_NAME
         self._fsync = fsync
-        self._index: dict[str, int] = {}  # exact output_name -> offset of that name's latest entry
+        # exact output_name -> offset of its latest entry; digests keep memory flat per line, and
+        # every use re-reads the entry and compares the exact name, so a collision is harmless
+        self._index = NameIndex()
         self._fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self._fresh_line = True  # the file ends with a line break (or is empty)
         try:
@@ -346,15 +349,21 @@ class Journal:
         except OSError:
             self._fresh_line = False
 
-    def lookup(self, task: Task, key: str, file_name: str) -> dict[str, Any] | None:
-        """The earlier ok record for this task if its file `file_name` is still there, unchanged."""
-        offset = self._index.get(task.output_name)
+    def _entry(self, output_name: str | None) -> dict[str, Any] | None:
+        """This exact name's latest entry, re-read from the file."""
+        offset = self._index.get(output_name) if output_name is not None else None
         if offset is None:
             return None
         found = parse_journal_line(_read_line(self._fd, offset))
-        if found is None:
+        if found is None or found[1]["output_name"] != output_name:
             return None
-        entry = found[1]
+        return found[1]
+
+    def lookup(self, task: Task, key: str, file_name: str) -> dict[str, Any] | None:
+        """The earlier ok record for this task if its file `file_name` is still there, unchanged."""
+        entry = self._entry(task.output_name)
+        if entry is None:
+            return None
         record: dict[str, Any] = entry["record"]
         if entry["key"] != key or record.get("wav") != file_name:
             return None
@@ -369,7 +378,7 @@ class Journal:
 
     def knows(self, output_name: str) -> bool:
         """Whether an earlier (or this) run journaled a file under exactly this name."""
-        return output_name in self._index
+        return self._entry(output_name) is not None
 
     def append(self, key: str, record: Record) -> None:
         name = record.output_name
