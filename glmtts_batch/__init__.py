@@ -30,7 +30,7 @@ from .writers import AudioWriter, WavWriter  # noqa: E402
 _PREVIEW_NAMES = ("PreviewError", "TextPreview", "TextPreviewer")
 
 
-def __getattr__(name: str):  # noqa: ANN202 (PEP 562)
+def __getattr__(name: str) -> object:  # PEP 562
     # The preview API loads the text grammars; import it only when asked for.
     if name in _PREVIEW_NAMES:
         from . import preview

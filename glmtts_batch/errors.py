@@ -20,6 +20,7 @@ model loading, exit), and no `except Exception` in engine or library code may sw
 from __future__ import annotations
 
 import signal
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -125,9 +126,9 @@ class RequestRejected(GlmttsBatchError):
 class BodyTooLarge(RequestRejected):
     """A request body over the server's size limit (raised while the bytes arrive)."""
 
-    def __init__(self, body: dict[str, object]) -> None:
+    def __init__(self, body: Mapping[str, object]) -> None:
         super().__init__(413, str(body["error"]))
-        self.body = body
+        self.body = dict(body)
 
 
 class GraphsUnavailable(EngineLoadError):

@@ -147,7 +147,7 @@ class StreamingZipWriter:
         # (sizes together, as the local header has them, then the offset).
         big_sizes = zip64 or size > ZIP64_LIMIT or compressed > ZIP64_LIMIT
         big_offset = offset > ZIP64_LIMIT
-        fields = (size, compressed) if big_sizes else ()
+        fields: tuple[int, ...] = (size, compressed) if big_sizes else ()
         fields += (offset,) if big_offset else ()
         cextra = struct.pack(f"<HH{len(fields)}Q", _ZIP64_EXTRA_ID, 8 * len(fields), *fields) if fields else b""
         if fields:
