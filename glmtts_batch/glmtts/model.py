@@ -229,6 +229,7 @@ class SpeechLlama(nn.Module):
         # True: decode each row as its own batch-1 step, taking the matrix-vector kernels
         # of a batch-1 run: bit-identical to today's transformers path, no batching gain.
         self.rows_apart = False
+        self.graph_decoder = None  # generate.CudaGraphDecoder over the current cache (CUDA only)
 
     @classmethod
     def from_checkpoint(
@@ -272,9 +273,10 @@ class SpeechLlama(nn.Module):
         c = self.config
         shape = (max_slots, c.num_key_value_heads, max_seq, c.head_dim)
         for block in self.model.layers:
-            z = lambda: torch.zeros(shape, dtype=self.dtype, device=self.device)
-            block.self_attn.cache = KVCache(z(), z())
+            k, v = (torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2))
+            block.self_attn.cache = KVCache(k, v)
         self.max_slots, self.max_seq = max_slots, max_seq
+        self.graph_decoder = None  # captured graphs hold the old cache tensors
         d = c.head_dim  # transformers' default RoPE frequencies, same expression
         self._inv_freq = (1.0 / (c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))).to(self.device)
 
@@ -390,6 +392,13 @@ class SpeechLlama(nn.Module):
             raise ValueError(f"prefill: slots must be distinct and in [0, {self.max_slots})")
         if max(len(r) for r in rows) > self.max_seq:
             raise ValueError(f"prefill: a prompt of {max(len(r) for r in rows)} ids exceeds the cache ({self.max_seq})")
+
+    def release_cache(self) -> None:
+        """Drop the KV cache (and any graphs over it), e.g. after an out-of-memory error."""
+        for block in self.model.layers:
+            block.self_attn.cache = None
+        self.max_slots = self.max_seq = 0
+        self.graph_decoder = None
 
     def grow_cache(self, max_seq: int) -> None:
         """Lengthen every layer's cache to `max_seq` positions, keeping what it holds."""
