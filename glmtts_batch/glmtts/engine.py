@@ -53,7 +53,7 @@ from glmtts_batch.glmtts.llm import (
     SpeechLM,
     resolve_dtype,
 )
-from glmtts_batch.glmtts.model import SpeechLlama
+from glmtts_batch.glmtts.model import MIN_PACKED_ROWS, SpeechLlama
 from glmtts_batch.glmtts.prompt import PromptCache, PromptFeatures
 from glmtts_batch.glmtts.speaker import SpeakerEncoder
 from glmtts_batch.glmtts.speech_tokenizer import SpeechTokenizer
@@ -76,6 +76,7 @@ AUDIO_VERSION = 1
 DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64}
 # Items per padded flow batch on CUDA (CFG doubles it); the CPU renders one piece at a time.
 CUDA_FLOW_BATCH = 16
+
 
 def engine_settings(
     options: EngineOptions, generation: GenerationOptions, lm_kernel: str | None = None
@@ -117,6 +118,17 @@ def lm_kernel(device: torch.device, dtype: torch.dtype, sampling_rng: str) -> st
     if dtype == torch.float32 and torch.backends.mkldnn.is_available():
         return "cpu-packed"
     return "cpu-gemm"
+
+
+def kernel_of(lm: SpeechLlama | SpeechLM, sampling_rng: str) -> str:
+    """What a loaded LM runs (`lm_kernel`'s names; "transformers" for the legacy LM)."""
+    if isinstance(lm, SpeechLM):
+        return "transformers"
+    if lm.device.type == "cuda":
+        return lm_kernel(lm.device, lm.dtype, sampling_rng)
+    if lm.rows_apart:
+        return "cpu-rows-apart"
+    return "cpu-packed" if lm.min_rows == MIN_PACKED_ROWS else "cpu-gemm"
 
 
 def load_lm(llm_dir: Path, device: torch.device, dtype: torch.dtype, kernel: str) -> SpeechLlama:
@@ -186,10 +198,7 @@ class GlmTtsEngine:
         self.sample_rate = options.sample_rate
         self.default_batch_size = DEFAULT_BATCH_SIZE["cuda" if device.type == "cuda" else "cpu"]
         self.flow_batch = CUDA_FLOW_BATCH if device.type == "cuda" else 1
-        if isinstance(models.llm, SpeechLlama):
-            self.lm_kernel = lm_kernel(device, models.llm.dtype, generation.sampling_rng)
-        else:
-            self.lm_kernel = "transformers"
+        self.lm_kernel = kernel_of(models.llm, generation.sampling_rng)
         self.prompts = PromptCache(sample_rate=options.sample_rate)
         # Text normalisation beside the GPU's prompt work; one worker keeps it serial.
         self._text_pool = ThreadPoolExecutor(1, "glmtts-text") if device.type == "cuda" else None
@@ -280,7 +289,7 @@ class GlmTtsEngine:
         except BaseException as exc:
             if is_out_of_memory(exc):
                 del jobs
-                self.free_memory()
+                self._release_memory()
             raise
 
     # ------------------------------------------------------------------ 1. frontend
@@ -456,8 +465,12 @@ class GlmTtsEngine:
         )
 
     def free_memory(self) -> None:
-        """After out of memory: drop the LM's KV cache and CUDA graphs (rebuilt at the next
-        call's size) and the allocator's cached blocks."""
+        """Release cached accelerator memory (the runner calls it after out of memory)."""
+        self._release_memory()
+
+    def _release_memory(self) -> None:
+        """Drop the LM's KV cache and CUDA graphs (rebuilt at the next call's size) and the
+        allocator's cached blocks."""
         llm = self.models.llm if self.models is not None else None
         if isinstance(llm, SpeechLlama):
             llm.release_cache()
@@ -473,7 +486,7 @@ class GlmTtsEngine:
             self._text_pool.shutdown(wait=True)
         self.prompts.clear()
         self.models = None  # type: ignore[assignment]
-        self.free_memory()
+        self._release_memory()
 
 
 def _legacy_generate(lm: SpeechLM, request: LmRequest, special: SpecialTokens, options: GenerationOptions) -> LmResult:
