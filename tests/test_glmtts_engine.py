@@ -27,8 +27,8 @@ from glmtts_batch.errors import (
     PromptAudioError,
     TaskError,
 )
-from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine, engine_settings
 from glmtts_batch.glmtts import generate as generate_module
+from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine, engine_settings
 from glmtts_batch.glmtts.llm import GenerationOptions
 
 FORCED = 6  # speech tokens per piece for the forced engines
