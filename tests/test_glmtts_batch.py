@@ -234,3 +234,28 @@ def test_synthesize_is_the_one_request_form(engine, voices, alone):
     assert wav_bytes(engine.synthesize(requests[0])) == alone[0]
     with pytest.raises(PromptAudioError):
         engine.synthesize(requests[3])
+
+
+def test_a_failure_inside_a_padded_flow_batch_fails_only_its_task(engine, voices, monkeypatch):
+    # CUDA renders padded flow batches; the CPU path is forced into them here.
+    eng = GlmTtsEngine(
+        engine.layout, engine.models, device=engine.device, options=engine.options, generation=engine.generation
+    )
+    eng.flow_batch = 4
+    flow = engine.models.flow
+    real = flow.inference_padded
+    high = len(eng._prompt(requests_for(voices)[1]).speech_tokens)  # the 3 s voice's prompt length
+
+    def refuses_the_high_voice(tokens, token_lengths, prompt_tokens, prompt_token_lengths, *args, **kwargs):
+        if high in prompt_token_lengths.tolist():
+            raise ValueError("this voice breaks the flow")
+        return real(tokens, token_lengths, prompt_tokens, prompt_token_lengths, *args, **kwargs)
+
+    monkeypatch.setattr(flow, "inference_padded", refuses_the_high_voice)
+    requests = requests_for(voices)
+    results = eng.synthesize_many(requests)
+    for request, result in zip(requests, results):
+        if request.prompt_audio == voices["high"]:
+            assert isinstance(result, ValueError) and "breaks the flow" in str(result)
+        elif request.prompt_text and request.prompt_audio != voices["garbage"]:
+            assert isinstance(result, Synthesis) and len(result.audio) > 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -172,7 +173,7 @@ class _Job:
     tokens: list[list[int]] = field(default_factory=list)  # per piece, offsets from ats
     lm_stats: list[GenerationStats] = field(default_factory=list)
     waves: list[np.ndarray] = field(default_factory=list)
-    error: BaseException | None = None
+    error: Exception | None = None
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.stages[stage] = self.stages.get(stage, 0.0) + seconds
@@ -200,8 +201,10 @@ class GlmTtsEngine:
         self.flow_batch = CUDA_FLOW_BATCH if device.type == "cuda" else 1
         self.lm_kernel = kernel_of(models.llm, generation.sampling_rng)
         self.prompts = PromptCache(sample_rate=options.sample_rate)
-        # Text normalisation beside the GPU's prompt work; one worker keeps it serial.
+        # Text normalisation beside the GPU's prompt work; one worker, and a lock with the
+        # prompt transcript's normalisation, keep the text frontend single-threaded.
         self._text_pool = ThreadPoolExecutor(1, "glmtts-text") if device.type == "cuda" else None
+        self._text_lock = threading.Lock()
         self.info = EngineInfo(
             name="glmtts",
             model=f"glmtts:{layout.fingerprint()}",
@@ -325,7 +328,8 @@ class GlmTtsEngine:
 
     def _text_of(self, request: SynthesisRequest) -> tuple[bool, list[str], list[list[int]]]:
         phoneme = request.phoneme if request.phoneme is not None else self.options.phoneme_dict is not None
-        return (phoneme, *self._text_pieces(request.text, phoneme))
+        with self._text_lock:
+            return (phoneme, *self._text_pieces(request.text, phoneme))
 
     def _text_pieces(self, text: str, phoneme: bool) -> tuple[list[str], list[list[int]]]:
         """The pieces the text is spoken in, and their token ids (pieces without any dropped)."""
@@ -380,7 +384,7 @@ class GlmTtsEngine:
     def _render_bucket(self, bucket: list[_Job], k: int, generators: list[torch.Generator]) -> None:
         """Piece k of each job: one padded flow batch, then the vocoder per item. A failure
         there is retried item by item from the same generator states, so only its job fails."""
-        states = [g.get_state() for g in generators]
+        before = [(g.get_state(), len(job.waves), dict(job.stages)) for job, g in zip(bucket, generators)]
         try:
             started = _synced_now(self.device)
             mels = self._flow(bucket, k, generators)  # (1, 80, T_i) each
@@ -394,9 +398,10 @@ class GlmTtsEngine:
             if len(bucket) == 1:
                 bucket[0].error = exc
                 return
-            for job, generator, state in zip(bucket, generators, states):
+            for job, generator, (state, n_waves, stages) in zip(bucket, generators, before):
                 generator.set_state(state)
-                job.waves = job.waves[:k] if len(job.waves) > k else job.waves
+                del job.waves[n_waves:]
+                job.stages = stages
                 self._render_bucket([job], k, [generator])
 
     def _flow(self, bucket: list[_Job], k: int, generators: list[torch.Generator]) -> list[torch.Tensor]:
@@ -426,7 +431,7 @@ class GlmTtsEngine:
 
     def _finish(self, job: _Job) -> Synthesis | Exception:
         if job.error is not None:
-            return job.error if isinstance(job.error, Exception) else RuntimeError(str(job.error))
+            return job.error
         if not job.waves:
             return TaskError("the model produced no speech tokens for this text", field="input_text")
         started = time.perf_counter()
@@ -457,8 +462,10 @@ class GlmTtsEngine:
         models = self.models
         audio = load_prompt_audio(path)
         at_16k = audio.at_rate(SPEAKER_RATE)
+        with self._text_lock:
+            prompt_text_ids = models.text.prompt_ids(prompt_text)
         return PromptFeatures(
-            prompt_text_ids=models.text.prompt_ids(prompt_text),
+            prompt_text_ids=prompt_text_ids,
             speech_tokens=models.speech_tokenizer.tokenize(at_16k),
             embedding=torch.from_numpy(models.speaker.embed(at_16k)).float(),
             prompt_mel=models.mel.prompt_mel(audio.at_rate(self.sample_rate), self.device),
