@@ -182,6 +182,9 @@ class _Job:
 class GlmTtsEngine:
     """Implements `glmtts_batch.engines.base.Engine` for a GLM-TTS checkpoint folder."""
 
+    default_batch_size: int  # tasks per call when the caller names none (DEFAULT_BATCH_SIZE)
+    lm_kernel: str  # see `lm_kernel()`; in EngineInfo.settings
+
     def __init__(
         self,
         layout: CheckpointLayout,
