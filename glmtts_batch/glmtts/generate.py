@@ -125,8 +125,16 @@ class DecodingTask:
     On CUDA decode steps replay CUDA graphs (`CudaGraphDecoder`); CPU never touches them.
     """
 
-    def __init__(self, lm: SpeechLlama, special, options: GenerationOptions | None = None, *,
-                 max_batch: int = 16, max_seq: int = 1024, cuda_graphs: bool = True) -> None:
+    def __init__(
+        self,
+        lm: SpeechLlama,
+        special,
+        options: GenerationOptions | None = None,
+        *,
+        max_batch: int = 16,
+        max_seq: int = 1024,
+        cuda_graphs: bool = True,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         check_special(special, lm.config.vocab_size)
@@ -146,7 +154,9 @@ class DecodingTask:
 
     @torch.inference_mode()
     def run(self, requests: Sequence[LmRequest]) -> list[LmResult]:
-        tasks = [_Task(r, [PromptHistoryEntry(tuple(r.prompt_text_ids), tuple(r.prompt_speech_tokens))]) for r in requests]
+        tasks = [
+            _Task(r, [PromptHistoryEntry(tuple(r.prompt_text_ids), tuple(r.prompt_speech_tokens))]) for r in requests
+        ]
         rows: dict[int, _Row] = {}  # slot -> row
         self.counters = DecodingCounters()
         while True:
@@ -201,7 +211,7 @@ class DecodingTask:
             steps = int(len(text_ids) * options.max_token_text_ratio)
         generator = torch.Generator(device=self.lm.device).manual_seed(request.seed)
         out = torch.zeros(1, max(steps, 1), dtype=torch.long, device=self.lm.device)
-        reason = "forced" if options.force_tokens is not None else "max_len"
+        reason: Literal["forced", "max_len"] = "forced" if options.force_tokens is not None else "max_len"
         row = _Row(task, slot, len(ids), min_len, steps, generator, out, time.perf_counter(), stop_reason=reason)
         task.running = True
         if steps == 0:
@@ -261,7 +271,9 @@ class DecodingTask:
         text_ids = tuple(task.request.pieces_text_ids[task.next_piece])
         task.result.tokens.append(tokens)
         task.result.stats.append(
-            GenerationStats(row.prompt_len, row.n_out, time.perf_counter() - row.started, row.stop_reason, row.fallbacks)
+            GenerationStats(
+                row.prompt_len, row.n_out, time.perf_counter() - row.started, row.stop_reason, row.fallbacks
+            )
         )
         task.history.append(PromptHistoryEntry(text_ids, tuple(tokens)))
         task.next_piece += 1
@@ -277,9 +289,7 @@ def generate_many(
     return DecodingTask(lm, special, options, **kw).run(requests)
 
 
-def generate_upstream(
-    lm: SpeechLlama, request: LmRequest, special, options: GenerationOptions
-) -> LmResult:
+def generate_upstream(lm: SpeechLlama, request: LmRequest, special, options: GenerationOptions) -> LmResult:
     """One task at batch 1 with upstream's random-number use (`--sampling-rng upstream`).
 
     `reference_sampling.generate_reference` drives `lm` through slot 0 of its static cache;
@@ -334,10 +344,17 @@ def _upstream_piece(
     generator = torch.Generator(device=lm.device).manual_seed(seed)
     with torch.inference_mode():
         run = generate_reference(
-            step, ids, min_len=min_len, max_len=steps, eoa=special.eoa, method=options.sample_method,
-            ras=options.ras, top_k=options.top_k, generator=generator,
+            step,
+            ids,
+            min_len=min_len,
+            max_len=steps,
+            eoa=special.eoa,
+            method=options.sample_method,
+            ras=options.ras,
+            top_k=options.top_k,
+            generator=generator,
         )
-    stop = "forced" if options.force_tokens is not None else run.stop_reason
+    stop: Literal["eoa", "max_len", "forced"] = "forced" if options.force_tokens is not None else run.stop_reason
     stats = GenerationStats(len(ids), len(run.tokens), time.perf_counter() - started, stop, run.ras_fallbacks)
     return [t - special.ats for t in run.tokens], stats
 
