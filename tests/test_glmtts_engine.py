@@ -27,8 +27,9 @@ from glmtts_batch.errors import (
     PromptAudioError,
     TaskError,
 )
+from glmtts_batch.glmtts import generate as generate_module
 from glmtts_batch.glmtts.engine import CROSSFADE_MS, GlmTtsEngine, engine_settings
-from glmtts_batch.glmtts.llm import GenerationOptions, SpeechLM
+from glmtts_batch.glmtts.llm import GenerationOptions
 
 FORCED = 6  # speech tokens per piece for the forced engines
 PROMPT_SECONDS = 2.0  # a multiple of 40 ms: exactly 50 speech tokens and 100 mel frames
@@ -81,25 +82,35 @@ def request(text: str, voice: Path | None, *, prompt_text: str | None = "a short
 
 
 class GenerateSpy:
-    """Records every SpeechLM.generate call: its inputs and the tokens it returned."""
+    """Records every piece the LM generates, in order: its inputs and the tokens it returned.
+
+    For one task per call: the prompt ids are caught where every LM path builds them
+    (`build_input_ids`), the tokens from the engine's LM stage.
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[dict] = []
-        real = SpeechLM.generate
+        pending: list[dict] = []
+        real_build, real_stage = generate_module.build_input_ids, GlmTtsEngine._speech_tokens
 
-        def spy(lm, text_ids, prompt_text_ids, prompt_speech_tokens, special, **kw):
-            tokens, stats = real(lm, text_ids, prompt_text_ids, prompt_speech_tokens, special, **kw)
-            self.calls.append(
+        def build(text_ids, prompt_text_ids, prompt_speech_tokens, special):
+            pending.append(
                 {
                     "text_ids": list(text_ids),
                     "prompt_text_ids": list(prompt_text_ids),
                     "prompt_speech_tokens": list(prompt_speech_tokens),
-                    "tokens": list(tokens),
                 }
             )
-            return tokens, stats
+            return real_build(text_ids, prompt_text_ids, prompt_speech_tokens, special)
 
-        monkeypatch.setattr(SpeechLM, "generate", spy)
+        def stage(engine, jobs):
+            real_stage(engine, jobs)
+            for job in jobs:
+                for tokens in job.tokens:
+                    self.calls.append({**pending.pop(0), "tokens": list(tokens)})
+
+        monkeypatch.setattr(generate_module, "build_input_ids", build)
+        monkeypatch.setattr(GlmTtsEngine, "_speech_tokens", stage)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +217,9 @@ def test_manifest_details_are_present_and_sane(engine, voice):
         "fp32", "fp32", True, None)
     assert settings["sampling_rng"] == "fast" and settings["generation"]["sample_method"] == "ras" and "device" not in settings
     assert settings["text_grammars"] == engine.models.text.normalizer.grammars
+    assert settings["lm_kernel"] == engine.lm_kernel == "cpu-packed"  # the kernels round differently: in the key
     assert settings == engine_settings(  # what test_resume_settings covers
-        engine.options, engine.generation, text_grammars=engine.models.text.normalizer.grammars
+        engine.options, engine.generation, "cpu-packed", text_grammars=engine.models.text.normalizer.grammars
     )
 
 
@@ -285,13 +297,13 @@ def test_the_flow_is_always_conditioned_on_the_original_prompt(engine, voice, mo
     eng = sibling(engine, force_tokens=4, prompt_cache=True)
     flow = eng.models.flow
     seen = []
-    real = flow.inference
+    real = flow.inference_padded
 
-    def spy(tokens, prompt_tokens, prompt_mel, embedding, **kw):
+    def spy(tokens, token_lengths, prompt_tokens, prompt_token_lengths, prompt_mel, prompt_mel_lengths, embedding, **kw):
         seen.append((tokens[0].tolist(), prompt_tokens[0].tolist(), prompt_mel[0].clone(), embedding[0].clone()))
-        return real(tokens, prompt_tokens, prompt_mel, embedding, **kw)
+        return real(tokens, token_lengths, prompt_tokens, prompt_token_lengths, prompt_mel, prompt_mel_lengths, embedding, **kw)
 
-    monkeypatch.setattr(flow, "inference", spy)
+    monkeypatch.setattr(flow, "inference_padded", spy)
     prompt_text = "你好，这是一段提示语音。"
     result = eng.synthesize(request(LONG_ZH, voice, prompt_text=prompt_text))
     prompt = eng.prompts.get_or_compute(voice, prompt_text, lambda: pytest.fail("prompt features were not cached"))
@@ -416,7 +428,7 @@ def test_cuda_on_a_cpu_only_machine_is_a_load_error(tiny_checkpoint):
 
 def test_out_of_memory_fails_one_task_frees_memory_and_the_run_goes_on(engine, voice, tmp_path, monkeypatch):
     flow_calls = 0
-    real_flow = engine.models.flow.inference
+    real_flow = engine.models.flow.inference_padded
 
     def flaky_flow(*args, **kwargs):
         nonlocal flow_calls
@@ -433,7 +445,7 @@ def test_out_of_memory_fails_one_task_frees_memory_and_the_run_goes_on(engine, v
         freed += 1
         real_free()
 
-    monkeypatch.setattr(engine.models.flow, "inference", flaky_flow)
+    monkeypatch.setattr(engine.models.flow, "inference_padded", flaky_flow)
     monkeypatch.setattr(engine, "free_memory", counting_free)
     tasks = [
         {"input_text": text, "prompt_audio": str(voice), "prompt_text": "a short voice prompt", "output_name": name}

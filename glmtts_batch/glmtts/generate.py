@@ -48,6 +48,7 @@ from glmtts_batch.glmtts.llm import (
     prune_prompt_history,
 )
 from glmtts_batch.glmtts.model import SpeechLlama
+from glmtts_batch.glmtts.reference_sampling import audio_only_logits, generate_reference
 from glmtts_batch.glmtts.sampling import ras_sample, topk_sample
 
 
@@ -124,8 +125,16 @@ class DecodingTask:
     On CUDA decode steps replay CUDA graphs (`CudaGraphDecoder`); CPU never touches them.
     """
 
-    def __init__(self, lm: SpeechLlama, special, options: GenerationOptions | None = None, *,
-                 max_batch: int = 16, max_seq: int = 1024, cuda_graphs: bool = True) -> None:
+    def __init__(
+        self,
+        lm: SpeechLlama,
+        special,
+        options: GenerationOptions | None = None,
+        *,
+        max_batch: int = 16,
+        max_seq: int = 1024,
+        cuda_graphs: bool = True,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         check_special(special, lm.config.vocab_size)
@@ -136,12 +145,18 @@ class DecodingTask:
         slots = CudaGraphDecoder.bucket(max_batch - 1) if use_graphs else max_batch  # a graph spans its bucket
         if lm.max_slots < slots or lm.max_seq < max_seq:
             lm.setup_cache(max(slots, lm.max_slots), max(max_seq, lm.max_seq))
-        self.graphs = CudaGraphDecoder(lm) if use_graphs else None
+        # Graphs live on the model between runs (an engine call is one run): capturing a
+        # bucket costs more than many steps. `setup_cache` drops them with the old cache.
+        if use_graphs and lm.graph_decoder is None:
+            lm.graph_decoder = CudaGraphDecoder(lm)
+        self.graphs = lm.graph_decoder if use_graphs else None
         self.counters = DecodingCounters()
 
     @torch.inference_mode()
     def run(self, requests: Sequence[LmRequest]) -> list[LmResult]:
-        tasks = [_Task(r, [PromptHistoryEntry(tuple(r.prompt_text_ids), tuple(r.prompt_speech_tokens))]) for r in requests]
+        tasks = [
+            _Task(r, [PromptHistoryEntry(tuple(r.prompt_text_ids), tuple(r.prompt_speech_tokens))]) for r in requests
+        ]
         rows: dict[int, _Row] = {}  # slot -> row
         self.counters = DecodingCounters()
         while True:
@@ -196,7 +211,7 @@ class DecodingTask:
             steps = int(len(text_ids) * options.max_token_text_ratio)
         generator = torch.Generator(device=self.lm.device).manual_seed(request.seed)
         out = torch.zeros(1, max(steps, 1), dtype=torch.long, device=self.lm.device)
-        reason = "forced" if options.force_tokens is not None else "max_len"
+        reason: Literal["forced", "max_len"] = "forced" if options.force_tokens is not None else "max_len"
         row = _Row(task, slot, len(ids), min_len, steps, generator, out, time.perf_counter(), stop_reason=reason)
         task.running = True
         if steps == 0:
@@ -206,6 +221,7 @@ class DecodingTask:
             self.lm.grow_cache(max(len(ids) + steps, 2 * self.lm.max_seq))
             if self.graphs is not None:
                 self.graphs.graphs.clear()  # they hold the old cache tensors
+                self.lm.graph_decoder = self.graphs
         return row, ids
 
     # ------------------------------------------------------------------ one step
@@ -255,7 +271,9 @@ class DecodingTask:
         text_ids = tuple(task.request.pieces_text_ids[task.next_piece])
         task.result.tokens.append(tokens)
         task.result.stats.append(
-            GenerationStats(row.prompt_len, row.n_out, time.perf_counter() - row.started, row.stop_reason, row.fallbacks)
+            GenerationStats(
+                row.prompt_len, row.n_out, time.perf_counter() - row.started, row.stop_reason, row.fallbacks
+            )
         )
         task.history.append(PromptHistoryEntry(text_ids, tuple(tokens)))
         task.next_piece += 1
@@ -269,6 +287,76 @@ def generate_many(
 ) -> list[LmResult]:
     """One call for the engine: every request's pieces, batched in flight."""
     return DecodingTask(lm, special, options, **kw).run(requests)
+
+
+def generate_upstream(lm: SpeechLlama, request: LmRequest, special, options: GenerationOptions) -> LmResult:
+    """One task at batch 1 with upstream's random-number use (`--sampling-rng upstream`).
+
+    `reference_sampling.generate_reference` drives `lm` through slot 0 of its static cache;
+    the pieces and their prompt history follow `DecodingTask` (and `generate_long`). With
+    `lm.rows_apart` on the CPU the numbers are those of transformers' batch-1 path, so a
+    seed gives upstream's tokens.
+    """
+    check_special(special, lm.config.vocab_size)
+    result = LmResult()
+    history = [PromptHistoryEntry(tuple(request.prompt_text_ids), tuple(request.prompt_speech_tokens))]
+    for text_ids in request.pieces_text_ids:
+        if request.prompt_cache:
+            history = prune_prompt_history(history, len(text_ids), limit=request.history_limit)
+            p_text, p_speech = flatten_prompt_history(history)
+        else:
+            p_text, p_speech = list(request.prompt_text_ids), list(request.prompt_speech_tokens)
+        try:
+            ids = build_input_ids(text_ids, p_text, p_speech, special)
+        except ValueError as exc:
+            result.error = exc
+            return result
+        tokens, stats = _upstream_piece(lm, ids, len(text_ids), request.seed, special, options)
+        history.append(PromptHistoryEntry(tuple(text_ids), tuple(tokens)))
+        result.tokens.append(tokens)
+        result.stats.append(stats)
+    return result
+
+
+def _upstream_piece(
+    lm: SpeechLlama, ids: list[int], n_text: int, seed: int, special, options: GenerationOptions
+) -> tuple[list[int], GenerationStats]:
+    if options.force_tokens is not None:
+        steps = min_len = options.force_tokens
+    else:
+        min_len, steps = int(n_text * options.min_token_text_ratio), int(n_text * options.max_token_text_ratio)
+    if not lm.max_slots:
+        lm.setup_cache(1, max(1024, len(ids) + steps))
+    lm.grow_cache(len(ids) + steps)
+    cached = 0  # positions of slot 0 holding this piece's keys
+
+    def step(new_ids: Sequence[int]) -> Tensor:  # -> (V,) float32 logits
+        nonlocal cached
+        if cached == 0:
+            hidden = lm.prefill([list(new_ids)], [0])  # (1, D)
+        else:
+            hidden = lm.decode(torch.tensor(list(new_ids), device=lm.device), [0], [cached])
+        cached += len(new_ids)
+        scores = lm.candidate_logits(hidden, special.ats, special.ate, special.eoa)[0]
+        return audio_only_logits(scores, lm.config.vocab_size, ats=special.ats, ate=special.ate, eoa=special.eoa)
+
+    started = time.perf_counter()
+    generator = torch.Generator(device=lm.device).manual_seed(seed)
+    with torch.inference_mode():
+        run = generate_reference(
+            step,
+            ids,
+            min_len=min_len,
+            max_len=steps,
+            eoa=special.eoa,
+            method=options.sample_method,
+            ras=options.ras,
+            top_k=options.top_k,
+            generator=generator,
+        )
+    stop: Literal["eoa", "max_len", "forced"] = "forced" if options.force_tokens is not None else run.stop_reason
+    stats = GenerationStats(len(ids), len(run.tokens), time.perf_counter() - started, stop, run.ras_fallbacks)
+    return [t - special.ats for t in run.tokens], stats
 
 
 class CudaGraphDecoder:

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,9 @@ from torch import Tensor, nn
 from glmtts_batch.errors import CheckpointError
 from glmtts_batch.glmtts.llm import LlmConfig, resolve_dtype
 from glmtts_batch.glmtts.weights import load_module, read_state_dict
+
+if TYPE_CHECKING:
+    from glmtts_batch.glmtts.generate import CudaGraphDecoder
 
 # Rows a CPU matrix product needs before each row's result stops depending on how many
 # rows there are (see the module docstring; 16 leaves room for up to 4 threads). oneDNN's
@@ -155,7 +159,9 @@ class Attention(nn.Module):
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, mask: Tensor | None = None) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, is_causal=causal, enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=self.scale, is_causal=causal, enable_gqa=True
+        )
 
     def prefill(self, x: Tensor, cos: Tensor, sin: Tensor, spans: Sequence[tuple[int, int, int]]) -> Tensor:
         """Packed rows x (1, N, D); spans (slot, start, length) into N. Writes the cache."""
@@ -229,6 +235,7 @@ class SpeechLlama(nn.Module):
         # True: decode each row as its own batch-1 step, taking the matrix-vector kernels
         # of a batch-1 run: bit-identical to today's transformers path, no batching gain.
         self.rows_apart = False
+        self.graph_decoder: CudaGraphDecoder | None = None  # graphs over the current cache (CUDA only)
 
     @classmethod
     def from_checkpoint(
@@ -272,9 +279,10 @@ class SpeechLlama(nn.Module):
         c = self.config
         shape = (max_slots, c.num_key_value_heads, max_seq, c.head_dim)
         for block in self.model.layers:
-            z = lambda: torch.zeros(shape, dtype=self.dtype, device=self.device)
-            block.self_attn.cache = KVCache(z(), z())
+            k, v = (torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2))
+            block.self_attn.cache = KVCache(k, v)
         self.max_slots, self.max_seq = max_slots, max_seq
+        self.graph_decoder = None  # captured graphs hold the old cache tensors
         d = c.head_dim  # transformers' default RoPE frequencies, same expression
         self._inv_freq = (1.0 / (c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))).to(self.device)
 
@@ -327,7 +335,9 @@ class SpeechLlama(nn.Module):
         if any(p >= self.max_seq for p in positions):
             raise ValueError(f"decode: position beyond the cache ({self.max_seq})")
         if self.rows_apart:
-            return torch.cat([self._decode_rows(ids[i : i + 1], slots[i : i + 1], positions[i : i + 1], 1) for i in range(n)])
+            return torch.cat(
+                [self._decode_rows(ids[i : i + 1], slots[i : i + 1], positions[i : i + 1], 1) for i in range(n)]
+            )
         return self._decode_rows(ids, slots, positions, self.min_rows)
 
     def _decode_rows(self, ids: Tensor, slots: Sequence[int], positions: Sequence[int], min_rows: int) -> Tensor:
@@ -390,6 +400,13 @@ class SpeechLlama(nn.Module):
             raise ValueError(f"prefill: slots must be distinct and in [0, {self.max_slots})")
         if max(len(r) for r in rows) > self.max_seq:
             raise ValueError(f"prefill: a prompt of {max(len(r) for r in rows)} ids exceeds the cache ({self.max_seq})")
+
+    def release_cache(self) -> None:
+        """Drop the KV cache (and any graphs over it), e.g. after an out-of-memory error."""
+        for block in self.model.layers:
+            block.self_attn.cache = None
+        self.max_slots = self.max_seq = 0
+        self.graph_decoder = None
 
     def grow_cache(self, max_seq: int) -> None:
         """Lengthen every layer's cache to `max_seq` positions, keeping what it holds."""
