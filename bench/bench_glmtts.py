@@ -445,6 +445,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=1,
         help="untimed tasks before each configuration (batched: one call of min(N, B) tasks)",
     )
+    parser.add_argument(
+        "--warmup-batched",
+        type=int,
+        default=None,
+        help="untimed tasks before each batched configuration, one call of min(N, B) [default: --warmup]",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice]")
     parser.add_argument(
         "--json",
@@ -460,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if any(b < 1 for b in args.batch_sizes) or args.tasks < 1 or args.tokens < 1:
         parser.error("--tasks, --tokens and --batch-sizes must be positive")
+    if args.warmup_batched is None:
+        args.warmup_batched = args.warmup
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = ensure_checkpoint(args.preset, args.model_dir or REPO / "bench" / "checkpoints" / args.preset)
@@ -488,10 +496,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 engine, path = loaders[mode](options, args.tokens, say)
                 engines[mode] = (engine, path, time.perf_counter() - started)
             engine, path, load_s = engines[mode]
-            say(f"{mode} B={batch_size}: {n_tasks} tasks x {args.tokens} tokens, {args.warmup} warm-up")
             load_before = load_average()
-            tally, wall, memory = measure(engine, mode, batch_size, n_tasks, args.warmup)
+            warmup = args.warmup if mode == "sequential" else min(args.warmup_batched, batch_size)
+            say(f"{mode} B={batch_size}: {n_tasks} tasks x {args.tokens} tokens, {warmup} warm-up")
+            tally, wall, memory = measure(engine, mode, batch_size, n_tasks, warmup)
             row = record(args, mode, batch_size, path, engine, load_s, tally, wall, memory, load_before)
+            row["warmup_tasks"] = warmup
         except Skip as reason:
             say(f"{mode} B={batch_size}: SKIPPED: {reason}")
             row = skipped(args, mode, batch_size, str(reason))

@@ -10,10 +10,12 @@
 # the wetext graphs are used, and its pin of pynini must never be installed) and
 # espeakng-loader (the espeak engine only; the benchmark never loads it).
 #
-#   bench/fetch_gpu_wheels.sh            # then: du -sh .whl
+#   bench/fetch_gpu_wheels.sh                                  # .whl/, cp312, for the GPU
+#   PYVER=3.11 DEST=bench/out/whl-cp311 bench/fetch_gpu_wheels.sh      # the same set for the CPU rehearsal
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+PYVER=${PYVER:-3.12}   # 3.11: the CPU rehearsal of bench/gpu.sh (GPU_SH_REHEARSAL=1)
 DEST=${DEST:-.whl}
 WHEELS=(
   jsonlines==4.0.0           # needs attrs (in the image)
@@ -38,10 +40,11 @@ WHEELS=(
 mkdir -p "$DEST"
 # The device README's command: binary wheels only, CPython 3.12, the manylinux tags pip
 # matches exactly (2_31/2_34 for newer builds).
-"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   --platform manylinux_2_24_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux_2_34_x86_64 \
   -d "$DEST" "${WHEELS[@]}"
 ls -l "$DEST"
 du -sh "$DEST"
+"$PYTHON" bench/check_wheels.py "$DEST" --python-version "$PYVER"
