@@ -123,16 +123,17 @@ def synthesize_chunk(engine: Any, requests: Sequence[SynthesisRequest]) -> list[
 
 
 def chunk_stage_seconds(results: Sequence[Synthesis]) -> dict[str, float]:
-    """Stage seconds of one batch call. A batch's stages are shared by its tasks, so each
-    task's `timings_s` is taken to be the batch's own (the maximum, in case an engine
-    reports a task's share); a `batch_timings_s` detail, if the engine gives one, wins."""
+    """Stage seconds of one batch call: the sum of its tasks' `timings_s`, because the
+    batched engine gives each task its share of a shared stage (the batch's LM wall time
+    split evenly, a flow batch's time split over its rows) and its own time elsewhere. A
+    `batch_timings_s` detail, if an engine gives one, wins."""
     for result in results:
         if "batch_timings_s" in result.details:
             return dict(result.details["batch_timings_s"])
     stages: dict[str, float] = {}
     for result in results:
         for stage, seconds in result.details.get("timings_s", {}).items():
-            stages[stage] = max(stages.get(stage, 0.0), seconds)
+            stages[stage] = stages.get(stage, 0.0) + seconds
     return stages
 
 
@@ -421,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--preset", choices=("tiny", "full"), default="full")
     parser.add_argument(
         "--model-dir",
+        "--checkpoint-dir",
         type=Path,
         default=None,
         help="reuse this checkpoint [default: bench/checkpoints/<preset>, built if missing]",

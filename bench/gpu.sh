@@ -9,7 +9,8 @@
 #   3. runs a 256-task one-narrator job, 100 tokens per task, with bench/bench_glmtts.py:
 #      sequential (today's path), then batched at 1/32/128/256, LM in bf16, then in fp32
 #      (flow fp32 both times). Sequential and batch 1 run on the first 16 tasks only
-#      (today's path would take ~10 minutes for 256); every figure is per wall second;
+#      (at an estimated ~3 s a task, today's path would take over 12 minutes for 256); every
+#      figure is per wall second;
 #   4. writes bench/RESULTS-gpu.json (copied to $OUT, the folder the device tool returns,
 #      with the log and the per-dtype JSONs) and prints a table.
 #
