@@ -252,12 +252,16 @@ def measure(
                     out = exc
                 stages = out.details.get("timings_s", {}) if isinstance(out, Synthesis) else {}
                 tally.add([out], stages, time.perf_counter() - t0)
+                say(f"  task {tally.done + len(tally.failed)}/{n_tasks}: {time.perf_counter() - t0:.2f} s")
         else:
             for first in range(0, n_tasks, batch_size):
                 t0 = time.perf_counter()
                 results = synthesize_chunk(engine, requests[first : first + batch_size])
                 ok = [r for r in results if isinstance(r, Synthesis)]
                 tally.add(results, chunk_stage_seconds(ok), time.perf_counter() - t0)
+                say(
+                    f"  tasks {tally.done + len(tally.failed)}/{n_tasks}: batch of {len(results)} in {time.perf_counter() - t0:.2f} s"
+                )
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - started
