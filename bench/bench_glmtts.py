@@ -321,6 +321,8 @@ def record(
         "host_rss_peak_gib": round(memory["host_rss_peak_gib"], 3),
         "vs_sequential": None,
         "engine_path": path,
+        "lm_kernel": getattr(engine, "lm_kernel", None),
+        "engine_default_batch_size": getattr(engine, "default_batch_size", None),
         "load_s": round(load_s, 2),
         "warmup_tasks": args.warmup,
         "preset": args.preset,

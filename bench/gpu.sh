@@ -92,11 +92,12 @@ export PY
 do_install() {
   rm -rf "$SITE" && mkdir -p "$SITE" || return 1
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || return 1
-  # The project itself, --no-deps, built with the image's setuptools (no index to fetch one).
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade --target "$SITE" . ||
-    { echo "  project install failed: the benchmark imports the source tree instead (it puts the repo first on sys.path)"; }
-  # build/ is the setuptools build folder of the project install above.
-  rm -rf build glmtts_batch.egg-info 2>/dev/null
+  # The project itself, --no-deps, built with the image's setuptools (no index to fetch one),
+  # from a copy: a build in the tree would leave build/ and egg-info there.
+  rm -rf "$WORK/src" && mkdir -p "$WORK/src" && cp -r pyproject.toml README.md glmtts_batch "$WORK/src/" || return 1
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "$WORK/src" ||
+    echo "  project install failed: the benchmark imports the source tree instead (it puts the repo first on sys.path)"
   # From /tmp, so that the installed copy is the one imported; then the text path once
   # (wetext graphs via kaldifst, pypinyin, inflect, emoji), which imports lazily.
   (cd /tmp && PYTHONPATH=$SITE "$PY" -c "
@@ -137,3 +138,4 @@ do_report() {
 }
 phase report 30 0 do_report
 log "gpu.sh: finished; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+sleep 1  # let tee write the last lines of the log
