@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # Upstream's text-normalisation graphs, without the pynini it pins (see pyproject.toml).
 UPSTREAM_TN := WeTextProcessing==1.0.3
 
-.PHONY: install demo test lint format bench bench-glmtts bench-load image-check clean
+.PHONY: install demo test lint format bench bench-glmtts gpu-wheels bench-load image-check clean
 
 install: $(VENV)/.installed
 
@@ -44,12 +44,22 @@ bench: install
 	$(BIN)/python bench/bench_worker.py
 	$(BIN)/python bench/trace_growth.py
 
-# GLM-TTS engine on a full-shape random-weight checkpoint (built once, ~8.3 GB): 1 task and
-# a 32-task job on a GPU; 3 tasks of 100 tokens on CPU. Other runs, e.g.:
-#   make bench-glmtts BENCH_ARGS="--dtype bf16"      make bench-glmtts BENCH_ARGS="--preset tiny"
+# GLM-TTS engine, today's sequential path against the batched engine, on a full-shape
+# random-weight checkpoint (built once in $(BENCH_CKPT), ~8.3 GB, unless it is there) with forced
+# token counts: a 16-task one-narrator job of 30 tokens per task on CPU, sequential on its first
+# 4 tasks, batched at 16; under 10 minutes on 2 cores. Figures and the GPU run (bench/gpu.sh)
+# in bench/RESULTS.md. Other runs, e.g.:
+#   make bench-glmtts BENCH_CKPT=/work/bench-ckpt/full      make bench-glmtts BENCH_ARGS="--dtype bf16"
+BENCH_CKPT ?= bench/checkpoints/full
 BENCH_ARGS ?=
 bench-glmtts: install
-	$(BIN)/python bench/bench_glmtts.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_glmtts.py --preset full --model-dir $(BENCH_CKPT) --device cpu \
+	  --tasks 16 --tokens 30 --batch-sizes 16 --subset-tasks 4 --dtype fp32 \
+	  --json bench/out/glmtts_cpu.json $(BENCH_ARGS)
+
+# The GPU benchmark's wheels (cp312, into the git-ignored .whl/ that travels to a lent GPU).
+gpu-wheels:
+	PYTHON=$(BIN)/python bench/fetch_gpu_wheels.sh
 
 # Load time and peak host RSS of a full-shape random checkpoint (builds ~8.3 GB once).
 bench-load: install
