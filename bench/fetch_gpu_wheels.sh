@@ -6,9 +6,10 @@
 # click, tqdm, pyyaml, regex, attrs, typing-extensions (/work/.library/device/KINDS.md).
 # What is left of pyproject.toml's runtime deps, plus what those need at import time
 # (each wheel's Requires-Dist, non-extra lines), pinned to the versions this project's CPU
-# venv runs. Not fetched: WeTextProcessing (its marker is python_version < '3.12'; on 3.12
-# the wetext graphs are used, and its pin of pynini must never be installed) and
-# espeakng-loader (the espeak engine only; the benchmark never loads it).
+# venv runs. Not fetched: WeTextProcessing (upstream's TN graphs; `make install` adds it with
+# --no-deps. The benchmark's timings do not depend on which graphs read the text, so the
+# wetext fallback, announced at load, serves) and espeakng-loader (the espeak engine only;
+# the benchmark never loads it).
 #
 #   bench/fetch_gpu_wheels.sh                                  # .whl/, cp312, for the GPU
 #   PYVER=3.11 DEST=bench/out/whl-cp311 bench/fetch_gpu_wheels.sh      # the same set for the CPU rehearsal
