@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # Upstream's text-normalisation graphs, without the pynini it pins (see pyproject.toml).
 UPSTREAM_TN := WeTextProcessing==1.0.3
 
-.PHONY: install demo test lint format bench bench-glmtts bench-load image-check clean
+.PHONY: install demo test lint format bench bench-glmtts bench-writes bench-load image-check clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,10 @@ bench: install
 BENCH_ARGS ?=
 bench-glmtts: install
 	$(BIN)/python bench/bench_glmtts.py $(BENCH_ARGS)
+
+# WAVs written inline vs. behind the engine (writer thread), no-op/GPU-like/espeak engines.
+bench-writes: install
+	$(BIN)/python bench/bench_writes.py
 
 # Load time and peak host RSS of a full-shape random checkpoint (builds ~8.3 GB once).
 bench-load: install

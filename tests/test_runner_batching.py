@@ -407,3 +407,16 @@ def test_synthesize_each_returns_task_errors_and_raises_out_of_memory() -> None:
     with pytest.raises(RuntimeError, match="allocate"):
         synthesize_each(engine, [request("a"), request("huge"), request("c")])
     assert [r.text for r in engine.requests] == ["a", "huge"]  # nothing ran after it
+
+
+def test_the_servers_locked_engine_view_batches_under_the_lock(tmp_path: Path) -> None:
+    from glmtts_batch.server.engine_host import EngineHost
+
+    engine = FakeEngine()
+    engine.default_batch_size = 3
+    host = EngineHost(engine)
+    view = host.runner_view
+    assert view.default_batch_size == 3
+    s = run([{"input_text": str(i)} for i in range(4)], tmp_path / "out", engine=view)
+    assert s.ok == 4 and [len(b) for b in engine.batches] == [3, 1]
+    assert not host.lock.locked()
