@@ -265,8 +265,8 @@ def test_first_signal_lets_the_batch_in_the_engine_finish(tmp_path: Path) -> Non
     engine = Signalling("e", times=1)
     s = run(write_tasks(tmp_path / "t.jsonl", [{"input_text": t} for t in texts]), out, engine=engine, batch_size=3)
     assert engine.batches == [["a", "b", "c"], ["d", "e", "f"]]  # the next window never started
-    assert [(r["status"], r["reason"]) for r in manifest(out)] == [("ok", None)] * 6 + [("skipped", "interrupted")]
-    assert (s.ok, s.skipped, s.interrupted, s.exit_code) == (6, 1, "SIGTERM", 143)
+    assert [(r["status"], r["reason"]) for r in manifest(out)] == [("ok", None)] * 6  # g: never read
+    assert (s.ok, s.skipped, s.unread_lines, s.interrupted, s.exit_code) == (6, 0, 1, "SIGTERM", 143)
     assert len(wavs(out)) == 6
 
 
@@ -278,9 +278,9 @@ def test_second_signal_abandons_the_batch_in_the_engine(tmp_path: Path) -> None:
     s = run(tasks, out, engine=engine, batch_size=3)
     assert engine.batches == [["a", "b", "c"], ["d", "long", "f"]]  # the engine computed f; it is dropped too
     assert [(r["status"], r["reason"], r["wav"]) for r in manifest(out)] == (
-        [("ok", None, f"{i}.wav") for i in (1, 2, 3)] + [("skipped", "interrupted", None)] * 4
+        [("ok", None, f"{i}.wav") for i in (1, 2, 3)] + [("skipped", "interrupted", None)] * 3
     )
-    assert (s.ok, s.skipped, s.interrupted, s.exit_code) == (3, 4, "SIGTERM", 143)
+    assert (s.ok, s.skipped, s.unread_lines, s.interrupted, s.exit_code) == (3, 3, 1, "SIGTERM", 143)
     assert sorted(wavs(out)) == ["1.wav", "2.wav", "3.wav"]
     assert journaled(out) == ["1", "2", "3"]  # nothing of the abandoned batch is journaled
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
@@ -420,3 +420,23 @@ def test_the_servers_locked_engine_view_batches_under_the_lock(tmp_path: Path) -
     s = run([{"input_text": str(i)} for i in range(4)], tmp_path / "out", engine=view)
     assert s.ok == 4 and [len(b) for b in engine.batches] == [3, 1]
     assert not host.lock.locked()
+
+
+def test_tasks_waiting_for_a_window_are_not_started_after_a_stop(tmp_path: Path) -> None:
+    cancel = threading.Event()
+
+    def tasks():
+        yield {"input_text": "a"}
+        yield {"input_text": "b"}
+        cancel.set()  # as a DELETE (or a first SIGTERM) while the window fills
+        yield {"input_text": "c"}
+
+    engine = FakeEngine()
+    s = run(tasks(), tmp_path / "out", engine=engine, batch_size=4, cancel=cancel)
+    assert engine.batches == []
+    assert [(r["line"], r["status"], r["reason"]) for r in manifest(tmp_path / "out")][:2] == [
+        (1, "skipped", "interrupted"),
+        (2, "skipped", "interrupted"),
+    ]
+    assert (s.ok, s.interrupted, s.exit_code) == (0, "SIGTERM", 143)
+    assert not wavs(tmp_path / "out")
