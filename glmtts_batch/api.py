@@ -73,7 +73,7 @@ def run_batch(
     (default: 16-bit WAV; see `writers.AudioWriter`).
 
     `cancel` (a `threading.Event`) stops the run as a first SIGTERM does, from any
-    thread: the current task finishes, the rest is recorded as skipped/interrupted,
+    thread: the current task (batch) finishes, the rest is recorded as skipped/interrupted,
     exit code 143, no zip, and no further line is read. `on_record(record)` is called
     with each manifest record as it is written (live progress for an embedding server).
 
