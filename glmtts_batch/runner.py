@@ -654,27 +654,6 @@ def _error_info(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
-@contextlib.contextmanager
-def _writing(what: str, path: Path) -> Iterator[None]:
-    """An OSError inside (ENOSPC, EIO, EFBIG, ...) becomes an `OutputWriteError` naming `path`."""
-    try:
-        yield
-    except OSError as e:
-        raise _write_error(what, path, e) from None
-
-
-def _write_error(what: str, path: Path, exc: OSError) -> OutputWriteError:
-    culprit = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
-    return OutputWriteError(
-        f"cannot write {what} {str(path)!r}: {exc.strerror or exc}{culprit}; the audio files and the "
-        "resume journal are kept: fix the cause (e.g. free disk space) and run the same command again"
-    )
-
-
-def _error_info(exc: BaseException) -> dict[str, str]:
-    return {"type": type(exc).__name__, "message": str(exc)}
-
-
 @dataclass
 class PendingTask:
     """A runnable task waiting for its window: what the engine call and the write need."""
