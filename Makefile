@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # Upstream's text-normalisation graphs, without the pynini it pins (see pyproject.toml).
 UPSTREAM_TN := WeTextProcessing==1.0.3
 
-.PHONY: install demo test lint format bench bench-glmtts gpu-wheels bench-load image-check clean
+.PHONY: install demo test lint format bench bench-glmtts bench-writes gpu-wheels bench-load image-check clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,10 @@ bench-glmtts: install
 # The GPU benchmark's wheels (cp312, into the git-ignored .whl/ that travels to a lent GPU).
 gpu-wheels:
 	PYTHON=$(BIN)/python bench/fetch_gpu_wheels.sh
+
+# WAVs written inline vs. behind the engine (writer thread), no-op/GPU-like/espeak engines.
+bench-writes: install
+	$(BIN)/python bench/bench_writes.py
 
 # Load time and peak host RSS of a full-shape random checkpoint (builds ~8.3 GB once).
 bench-load: install

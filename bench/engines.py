@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from glmtts_batch.engines.base import EngineInfo, Synthesis, SynthesisRequest
+from glmtts_batch.engines.base import EngineInfo, Synthesis, SynthesisRequest, synthesize_each
 
 
 class NullEngine:
@@ -25,6 +26,9 @@ class NullEngine:
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
         self._tasks += 1
         return Synthesis(audio=self._audio, sample_rate=self.info.sample_rate)
+
+    def synthesize_many(self, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+        return synthesize_each(self, requests)
 
     def free_memory(self) -> None:
         pass

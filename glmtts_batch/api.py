@@ -55,6 +55,7 @@ def run_batch(
     cancel: threading.Event | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     adopt: bool = False,
+    batch_size: int | None = None,
 ) -> Summary:
     """Synthesise every task into `out_dir`: WAVs, manifest.jsonl, summary.json and a zip.
 
@@ -72,13 +73,17 @@ def run_batch(
     (default: 16-bit WAV; see `writers.AudioWriter`).
 
     `cancel` (a `threading.Event`) stops the run as a first SIGTERM does, from any
-    thread: the current task finishes, the rest is recorded as skipped/interrupted,
+    thread: the current task (batch) finishes, the rest is recorded as skipped/interrupted,
     exit code 143, no zip, and no further line is read. `on_record(record)` is called
     with each manifest record as it is written (live progress for an embedding server).
 
     An output folder belongs to the job that first ran into it (its task file, or
     "<mappings>" for task mappings); another job is refused with `RunError` unless
     `adopt=True` hands the folder over to it (see `state`).
+
+    `batch_size` is how many runnable tasks go to the engine in one call (None: the
+    engine's `default_batch_size`, else 1). It does not change any task's audio and is
+    not part of the resume key; a window that runs out of memory is retried in halves.
 
     Raises `RunError` when the run cannot start (exit code 2); otherwise returns
     a `Summary` whose `exit_code` is 0, 1, 130 or 143 (see `errors`). A run that
@@ -88,7 +93,7 @@ def run_batch(
     summary or zip cannot be written; their `summary` attribute holds the `Summary`.
     """
     log = log or log_to_stderr
-    _check_run_arguments(seed, max_failures)  # an engine name is checked by engines.select.load_engine
+    _check_run_arguments(seed, max_failures, batch_size)  # an engine name is checked by engines.select.load_engine
     source = _open_tasks(tasks, out_dir, base_dir, count_lines_for_progress=progress is not False)
     lock = OutputLock(source.out_dir)
     # Each clean-up runs even if an earlier one raises (a signal during engine.close()).
@@ -118,6 +123,7 @@ def run_batch(
             line_count=source.line_count,
             task_file=source.job.file,
             log=log,
+            batch_size=batch_size,
         )
         items = source.items
         if not engine.info.clones_voice:
@@ -125,13 +131,15 @@ def run_batch(
         return BatchRunner(engine, items, settings, folder=folder).run()
 
 
-def _check_run_arguments(seed: object, max_failures: object) -> None:
+def _check_run_arguments(seed: object, max_failures: object, batch_size: object = None) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise RunError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     if max_failures is not None and (
         isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1
     ):
         raise RunError(f"max_failures must be a positive integer, got {max_failures!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise RunError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 @dataclass

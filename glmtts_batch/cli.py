@@ -133,6 +133,13 @@ _ENGINE_OPTIONS = [
 ]
 
 
+def batch_size_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--batch-size`, shared by `run` and `serve` (a runner setting, not an engine option)."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+        help="Tasks per engine call [default: the engine's own: espeak 1, GLM-TTS by device]. "
+             "Does not change the audio; a batch that runs out of memory is retried in halves.")(command)
+
+
 def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
     """Pops the shared engine options from a command's parameters: (engine name, options)."""
     model_dir = params.pop("model_dir")
@@ -158,6 +165,7 @@ def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: outputs/<task file stem>/].")
 @engine_options
+@batch_size_option
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Seed for tasks without their own 'seed'.")
 @click.option("--no-resume", is_flag=True, help="Redo every task, even those an earlier run finished.")
@@ -177,6 +185,7 @@ def run(
     no_progress: bool,
     adopt: bool,
     base_dir: Path | None,
+    batch_size: int | None,
     **engine_params: Any,
 ) -> None:
     """Synthesise every task in TASK_FILE (JSONL)."""
@@ -193,6 +202,7 @@ def run(
         progress=False if no_progress else None,
         adopt=adopt,
         base_dir=base_dir,
+        batch_size=batch_size,
     )
     parts = [f"{summary.ok} ok ({summary.resumed} resumed)", f"{summary.failed} failed",
              f"{summary.invalid} invalid", f"{summary.skipped} skipped"]
@@ -311,8 +321,9 @@ def normalize(text_file: Path | None, task_file: Path | None, as_json: bool, pho
 @click.option("--max-text-chars", type=click.IntRange(min=1), default=2_000, show_default=True,
               help="Longest input_text of a task or input of a speech request.")
 @engine_options
+@batch_size_option
 def serve(host: str, port: int, jobs_dir: Path, token_file: Path | None, max_file_mb: float, max_job_mb: float,
-          max_lines: int, max_text_chars: int, **engine_params: Any) -> None:
+          max_lines: int, max_text_chars: int, batch_size: int | None, **engine_params: Any) -> None:
     """Serve jobs, voices and speech over HTTP with one engine loaded once."""
     try:
         from .engines.select import load_engine
@@ -325,7 +336,7 @@ def serve(host: str, port: int, jobs_dir: Path, token_file: Path | None, max_fil
     limits = ServerLimits(max_file_bytes=int(max_file_mb * mib), max_job_bytes=int(max_job_mb * mib),
                           max_lines=max_lines, max_text_chars=max_text_chars)
     token = read_token(token_file) if token_file is not None else None
-    config = ServeConfig(jobs_dir=jobs_dir, host=host, port=port, token=token, limits=limits)
+    config = ServeConfig(jobs_dir=jobs_dir, host=host, port=port, token=token, limits=limits, batch_size=batch_size)
     check_bind(host, token)  # before a model spends a minute loading
     loaded = load_engine(engine, options, log=log_to_stderr)
     try:

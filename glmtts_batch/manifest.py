@@ -537,6 +537,7 @@ class RunFacts:
     task_source: str | None
     started_at: str
     finished_at: str
+    batch_size: int = 1  # runnable tasks per engine call (not part of the resume key)
 
 
 def make_summary(
@@ -585,6 +586,7 @@ def summary_document(summary: Summary, facts: RunFacts) -> dict[str, Any]:
         "seed": facts.seed,
         "resume": facts.resume,
         "max_failures": facts.max_failures,
+        "batch_size": facts.batch_size,
         "stopped_early": summary.stopped_early,
         "interrupted": summary.interrupted,
         "unread_lines": summary.unread_lines,

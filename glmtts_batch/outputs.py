@@ -90,11 +90,19 @@ def temp_path(final: Path) -> Path:
 def create_exclusive(path: Path) -> int:
     """A new, empty file at `path` (never a link's target); an entry already there is removed first."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-    try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:
-        os.unlink(path)  # a leftover or a planted link: unlink removes the entry, not a target
-        return os.open(path, flags, 0o644)
+    for _ in range(_CREATE_ATTEMPTS - 1):
+        try:
+            return os.open(path, flags, 0o644)
+        except FileExistsError:
+            # A leftover or a planted link: unlink removes the entry, not a target. Another
+            # one may be planted between the unlink and the open (the batch loop writes in a
+            # writer thread while the engine runs), hence a few attempts.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return os.open(path, flags, 0o644)
+
+
+_CREATE_ATTEMPTS = 8
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:

@@ -1,14 +1,29 @@
-"""The batch loop: one task at a time, with resume, failure isolation, signals and max-failures.
+"""The batch loop: windows of tasks, with resume, failure isolation, signals and max-failures.
 
-Tasks are processed sequentially and their records streamed to the manifest in
-input order. Any exception inside one task marks that task `failed` and the run
-goes on; an out-of-memory error additionally calls `engine.free_memory()` so the
-next task starts from a clean accelerator. After `max_failures` failures the
-remaining lines are still read and validated (so the manifest has one record per
-line) but recorded as `skipped` with reason `max_failures`.
+Runnable tasks are gathered in a window of up to `batch_size` (batching.TaskWindow)
+and synthesised by one `engine.synthesize_many` call; lines that need no engine call
+(invalid, resumed, skipped) take no slot. Records are streamed to the manifest
+strictly in input order: a record waits for every line before it. Any exception
+inside one task marks that task `failed` and the run goes on, its batch-mates
+unaffected; an out-of-memory error in a window frees memory and retries the window
+in halves (batching.synthesize_splitting), and a task that runs out of memory alone
+is `failed` after `engine.free_memory()`, so the next call starts from a clean
+accelerator. After `max_failures` failures the remaining lines are still read and
+validated (so the manifest has one record per line) but recorded as `skipped` with
+reason `max_failures`. Failures are counted as results come back; the lines before
+the one that reached the limit run, as at batch size 1, and so do the window-mates
+after it, whose results the same engine call computed (a run at batch N may thus
+have up to N-1 results, ok or failed, past the limit); no window starts after it.
 
-Signals: the first SIGINT/SIGTERM lets the current task finish; a second one
-abandons it (it is recorded as skipped/interrupted and its temp files removed).
+A finished window's WAVs are encoded, journaled and renamed by a writer thread
+(batching.BackgroundWrites) while the engine computes the next window; each file
+is still journaled before its rename, and the window waits for those writes
+before it releases the next window's records.
+
+Signals: the first SIGINT/SIGTERM lets the window in the engine finish (its tasks
+are written), and tasks waiting for a window are not started (skipped/interrupted);
+a second one abandons the window in the engine (all its tasks are recorded as
+skipped/interrupted, none written or journaled, temp files removed).
 After a signal no further line is read, whatever the input (a pipe that never sends
 more, /dev/urandom): a read blocked on a pipe is broken off by the signal handler.
 Every line that was read still gets its record; the summary's `unread_lines` says
@@ -19,7 +34,7 @@ manifest, summary or zip that cannot be written (full disk) raises `OutputWriteE
 (exit 3) naming the file; the WAVs and journal stay, so a re-run finishes the job.
 The abandonment is also remembered as a flag, because an engine may swallow the
 exception (a broad `except BaseException`, or a ctypes callback, which prints and
-discards it) and return partial audio: a task whose call was abandoned is never
+discards it) and return partial audio: a window whose call was abandoned is never
 written or journaled, whatever the engine did with the exception.
 
 Whose file is it: a task never replaces a file under its final name that this
@@ -54,12 +69,21 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .batching import BackgroundWrites, InlineWrites, TaskWindow, Writes, synthesize_splitting
 from .digests import FileDigests
-from .engines.base import Engine, Synthesis, SynthesisRequest
+from .engines.base import (
+    Engine,
+    Synthesis,
+    SynthesisRequest,
+    batch_synthesizer,
+    default_batch_size,
+    is_out_of_memory,
+)
 from .errors import (
     EXIT_OK,
     EXIT_SIGNAL,
@@ -69,6 +93,8 @@ from .errors import (
     TaskError,
     TaskSourceError,
 )
+from .journal_compact import compact_journal
+from .log import Log, log_to_stderr
 from .manifest import (
     JOURNAL_NAME,
     MANIFEST_NAME,
@@ -91,8 +117,6 @@ from .manifest import (
     summary_bytes,
     write_summary,
 )
-from .journal_compact import compact_journal
-from .log import Log, log_to_stderr
 from .outputs import STATE_DIR, AudioInfo, write_audio, write_zip
 from .progress import Progress
 from .state import FileId, FolderState, file_id, replace_refusal, tagged_audio
@@ -125,6 +149,12 @@ class RunSettings:
     line_count: Callable[[], int | None] | None = None
     task_file: FileId | None = None  # (st_dev, st_ino) of the task file: never an output target
     log: Log = log_to_stderr  # the run's messages (progress has its own stream)
+    # Runnable tasks per engine call; None: the engine's `default_batch_size` (else 1).
+    # Not part of the resume key: a task's audio does not depend on its batch.
+    batch_size: int | None = None
+    # Encode and write finished tasks in a writer thread while the engine runs the next
+    # window (False: in the loop's thread, after each window).
+    background_writes: bool = True
 
 
 class _Abandon(BaseException):
@@ -207,16 +237,6 @@ class SignalGuard:
             raise _Abandon()  # the engine swallowed it and returned (possibly partial) audio
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError (checked by name: no torch import here), MemoryError, or a
-    RuntimeError saying "out of memory" (older torch, other backends)."""
-    if isinstance(exc, MemoryError):
-        return True
-    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def _timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -236,6 +256,11 @@ class BatchRunner:
         self.items = items
         self.settings = settings
         self._folder = folder
+        self.batch_size = settings.batch_size or default_batch_size(engine)
+        self._synthesize_many = batch_synthesizer(engine)  # an engine with only `synthesize` too
+        self._failures = 0  # counted as results come back (records reach the tally later)
+        self._failures_lock = threading.Lock()  # the writer thread records write failures
+        self._journal_lock = threading.Lock()  # the journal is shared with the writer thread
         # Files never written over: the task file and every prompt file seen so far.
         self._inputs: set[FileId] = {settings.task_file} if settings.task_file else set()
         # Each prompt file is hashed once per run: for the resume key, and handed to the
@@ -274,6 +299,24 @@ class BatchRunner:
             if isinstance(e, OSError):
                 raise RunError(f"cannot write the manifest {e.filename or out_dir}: {e.strerror or e}") from None
             raise
+        self._writes: Writes = BackgroundWrites() if self.settings.background_writes else InlineWrites()
+        window: TaskWindow[PendingTask, Record] = TaskWindow(
+            self.batch_size, lambda jobs: self._run_window(jobs, guard)
+        )
+
+        def emit(records: list[Record]) -> None:
+            for record in records:
+                with _writing("the manifest", manifest.path):
+                    manifest.write(record)
+                if self.settings.on_record is not None:
+                    self.settings.on_record(record.to_dict())
+                self.tally.add(record)
+                self.last_line = record.line
+                audio_s = (record.duration_s or 0.0) if record.status == "ok" else 0.0
+                progress.update(record.status, audio_s, line=record.line)
+                if guard.signum is not None and self.stop_reason is None:
+                    self.stop_reason = "interrupted"
+
         try:
             while True:
                 self._check_cancel(guard)
@@ -287,17 +330,8 @@ class BatchRunner:
                     break
                 if guard.signum is not None and self.stop_reason is None:
                     self.stop_reason = "interrupted"  # read before the signal was seen: not run
-                record = self._process(item, guard)
-                with _writing("the manifest", manifest.path):
-                    manifest.write(record)
-                if self.settings.on_record is not None:
-                    self.settings.on_record(record.to_dict())
-                self.tally.add(record)
-                self.last_line = record.line
-                audio_s = (record.duration_s or 0.0) if record.status == "ok" else 0.0
-                progress.update(record.status, audio_s, line=record.line)
-                if guard.signum is not None and self.stop_reason is None:
-                    self.stop_reason = "interrupted"
+                emit(self._admit(window, self._process(item, guard)))
+            emit(window.finish())  # the input ended or stopped: what is waiting runs (or is skipped)
             progress.close()
             self._folder.check_run_file(MANIFEST_NAME, never=self._inputs)
             with _writing("the manifest", manifest.path):
@@ -306,6 +340,7 @@ class BatchRunner:
             manifest.abort()
             raise
         finally:
+            self._writes.close()  # in-flight writes complete (journal before rename) first
             self._journal.close()
 
     @property
@@ -353,6 +388,7 @@ class BatchRunner:
             task_source=settings.task_source,
             started_at=started_at,
             finished_at=_timestamp(),
+            batch_size=self.batch_size,
         )
         folder.check_run_file(SUMMARY_NAME, never=self._inputs)
         zip_error: OutputWriteError | None = None
@@ -413,8 +449,7 @@ class BatchRunner:
         else:
             why = f"the task source raised {type(exc).__name__}: {exc}"
         return TaskSourceError(
-            f"{why} ({after}); the manifest records the lines read before it, "
-            "and the same run again resumes them"
+            f"{why} ({after}); the manifest records the lines read before it, and the same run again resumes them"
         )
 
     def _unread_lines(self) -> int | None:
@@ -443,18 +478,31 @@ class BatchRunner:
 
     # One line -----------------------------------------------------------------------------
 
-    def _process(self, item: TaskOrInvalid, guard: SignalGuard) -> Record:
+    def _process(self, item: TaskOrInvalid, guard: SignalGuard) -> Record | PendingTask:
+        """A line's record, or the task waiting for its window (`_run_window` finishes it)."""
         t0 = time.monotonic()
+        outcome: Record | PendingTask
         if isinstance(item, InvalidLine):
-            record = invalid_record(item, self.info, self.settings.seed)
+            outcome = invalid_record(item, self.info, self.settings.seed)
         elif self.stop_reason is not None:
-            record = skipped_record(item, self.info, self.settings.seed, self.stop_reason)
+            outcome = skipped_record(item, self.info, self.settings.seed, self.stop_reason)
         else:
-            record = self._run_task(item, guard)
-        record.elapsed_s = round(time.monotonic() - t0, 4)
-        return record
+            outcome = self._run_task(item, guard)
+        if isinstance(outcome, PendingTask):
+            outcome.elapsed_s = time.monotonic() - t0
+        else:
+            outcome.elapsed_s = round(time.monotonic() - t0, 4)
+        return outcome
 
-    def _run_task(self, task: Task, guard: SignalGuard) -> Record:
+    def _admit(self, window: TaskWindow[PendingTask, Record], outcome: Record | PendingTask) -> list[Record]:
+        """Into the window. Once the run stops, the tasks already waiting go now (run, or skipped
+        by `_run_window`) rather than holding every later record back."""
+        released = window.add_job(outcome) if isinstance(outcome, PendingTask) else window.add_record(outcome)
+        if self.stop_reason is not None and window.pending:
+            released += window.flush()
+        return released
+
+    def _run_task(self, task: Task, guard: SignalGuard) -> Record | PendingTask:
         seed = effective_seed(task, self.settings.seed)
         try:
             prompt_sha = None
@@ -466,15 +514,13 @@ class BatchRunner:
             key = resume_key(task, seed, self.info, prompt_sha, self.settings.writer)
             file_name = f"{task.output_name}.{self.settings.writer.suffix}"
             if self.settings.resume:
-                journaled = self._journal.lookup(task, key, file_name)
+                with self._journal_lock:
+                    journaled = self._journal.lookup(task, key, file_name)
                 if journaled is None:
                     journaled = self._tagged_output(task, key, file_name)
                 if journaled is not None:
                     return resumed_record(task, self.info, self.settings.seed, journaled)
-            return self._synthesize(task, seed, key, prompt_sha, file_name, guard)
-        except _Abandon:
-            self.stop_reason = "interrupted"
-            return skipped_record(task, self.info, self.settings.seed, "interrupted")
+            return self._prepare(task, seed, key, prompt_sha, file_name)
         except Exception as exc:  # noqa: BLE001 - one task's failure must not end the run
             return self._failed(task, exc)
 
@@ -483,16 +529,16 @@ class BatchRunner:
         lost it: deleted state, a folder copied without dot files); its entry is rebuilt."""
         audio = tagged_audio(self.settings.out_dir / file_name, self.settings.writer, key, self._inputs)
         if audio is not None:
-            self._journal.append(key, resumed_record(task, self.info, self.settings.seed, audio))
+            with self._journal_lock:
+                self._journal.append(key, resumed_record(task, self.info, self.settings.seed, audio))
         return audio
 
-    def _synthesize(
-        self, task: Task, seed: int, key: str, prompt_sha: str | None, file_name: str, guard: SignalGuard
-    ) -> Record:
-        writer = self.settings.writer
+    def _prepare(self, task: Task, seed: int, key: str, prompt_sha: str | None, file_name: str) -> PendingTask:
         path = self.settings.out_dir / file_name
         # Checked before synthesis so no time is spent on audio that cannot be written.
-        refusal = replace_refusal(path, known=self._journal.knows(task.output_name), writer=writer, inputs=self._inputs)
+        with self._journal_lock:
+            known = self._journal.knows(task.output_name)
+        refusal = replace_refusal(path, known=known, writer=self.settings.writer, inputs=self._inputs)
         if refusal is not None:
             raise TaskError(refusal, field="output_name")
         request = SynthesisRequest(
@@ -503,39 +549,84 @@ class BatchRunner:
             phoneme=task.phoneme,
             prompt_audio_sha256=prompt_sha,
         )
-        with guard.engine_call():
-            synthesis = self.engine.synthesize(request)
-        if not isinstance(synthesis, Synthesis):
-            raise TaskError(f"engine returned {type(synthesis).__name__}, expected Synthesis")
+        return PendingTask(task, key, file_name, request)
+
+    # One window ---------------------------------------------------------------------------
+
+    def _run_window(self, jobs: list[PendingTask], guard: SignalGuard) -> list[Record | Future[Record]]:
+        """One engine call for the window's tasks; each result written (behind) or recorded failed."""
+        self._check_cancel(guard)  # a signal that came while the window filled starts nothing
+        if self.stop_reason is not None and self.stop_reason != "max_failures":
+            return [self._skipped(job, self.stop_reason) for job in jobs]
+        # (Waiting tasks come before the line that reached --max-failures: they run, as
+        # they would have at batch size 1.)
+        t0 = time.monotonic()
+        try:
+            with guard.engine_call():
+                results = synthesize_splitting(
+                    self._synthesize_many,
+                    [job.request for job in jobs],
+                    free_memory=self.engine.free_memory,
+                    log=lambda message, group: self.settings.log(
+                        f"{message} (lines {jobs[group[0]].task.line}-{jobs[group[-1]].task.line})"
+                    ),
+                )
+        except _Abandon:
+            self.stop_reason = "interrupted"
+            return [self._skipped(job, "interrupted") for job in jobs]
+        engine_share = (time.monotonic() - t0) / len(jobs)  # each task's part of the window's call
+        outcomes: list[Record | Future[Record]] = []
+        for job, result in zip(jobs, results, strict=True):
+            job.elapsed_s += engine_share
+            if isinstance(result, Synthesis):
+                outcomes.append(self._writes.submit(self._write, job, result))
+            else:
+                outcomes.append(self._timed(job, self._failed(job.task, result)))
+        return outcomes
+
+    def _write(self, job: PendingTask, synthesis: Synthesis) -> Record:
+        """A task's audio under its final name, journaled before the rename (writer thread)."""
+        t0 = time.monotonic()
+        task = job.task
         records: list[Record] = []
 
         def journal_before_rename(audio: AudioInfo) -> None:
             # Journaled before the rename, so no file of ours is ever unknown to the journal.
-            records.append(ok_record(task, self.info, self.settings.seed, file_name, audio, synthesis))
-            self._journal.append(key, records[0])
+            records.append(ok_record(task, self.info, self.settings.seed, job.file_name, audio, synthesis))
+            with self._journal_lock:
+                self._journal.append(job.key, records[0])
 
-        write_audio(
-            path,
-            synthesis.audio,
-            synthesis.sample_rate,
-            writer=writer,
-            tag=our_tag(key),
-            fsync=self.settings.fsync,
-            before_replace=journal_before_rename,
-        )
-        return records[0]
+        try:
+            write_audio(
+                self.settings.out_dir / job.file_name,
+                synthesis.audio,
+                synthesis.sample_rate,
+                writer=self.settings.writer,
+                tag=our_tag(job.key),
+                fsync=self.settings.fsync,
+                before_replace=journal_before_rename,
+            )
+            record = records[0]
+        except Exception as exc:  # noqa: BLE001 - one task's failure must not end the run
+            record = self._failed(task, exc)
+        job.elapsed_s += time.monotonic() - t0
+        return self._timed(job, record)
+
+    def _skipped(self, job: PendingTask, reason: SkipReason) -> Record:
+        return self._timed(job, skipped_record(job.task, self.info, self.settings.seed, reason))
+
+    @staticmethod
+    def _timed(job: PendingTask, record: Record) -> Record:
+        record.elapsed_s = round(job.elapsed_s, 4)
+        return record
 
     def _failed(self, task: Task, exc: Exception) -> Record:
+        # (The engine's memory was freed after its out-of-memory error: synthesize_splitting.)
         oom = is_out_of_memory(exc)
         record = failed_record(task, self.info, self.settings.seed, exc, type_name="OutOfMemoryError" if oom else None)
-        if oom:
-            try:
-                self.engine.free_memory()
-            except Exception as free_exc:  # noqa: BLE001
-                assert record.warnings is not None
-                record.warnings.append(f"free_memory failed after out-of-memory: {free_exc}")
-        # +1: this record is counted after _process returns.
-        failed = self.tally.counts["failed"] + 1
+        with self._failures_lock:
+            self._failures += 1
+            failed = self._failures
         max_failures = self.settings.max_failures
         if max_failures is not None and failed >= max_failures and self.stop_reason is None:
             self.stop_reason = "max_failures"
@@ -561,6 +652,17 @@ def _write_error(what: str, path: Path, exc: OSError) -> OutputWriteError:
 
 def _error_info(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)}
+
+
+@dataclass
+class PendingTask:
+    """A runnable task waiting for its window: what the engine call and the write need."""
+
+    task: Task
+    key: str  # its resume key, journaled with the WAV
+    file_name: str
+    request: SynthesisRequest
+    elapsed_s: float = 0.0  # preparation, its share of the window's engine call, its write
 
 
 def _safe_stats(engine: Engine) -> dict[str, Any]:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from glmtts_batch.engines.base import EngineInfo, Synthesis, SynthesisRequest
+from glmtts_batch.engines.base import EngineInfo, Synthesis, SynthesisRequest, synthesize_each
 from glmtts_batch.errors import TaskError
 
 
 class FakeEngine:
-    """A short deterministic tone per task; counts calls."""
+    """A short deterministic tone per task; counts calls, and records each batch's texts."""
 
     def __init__(self, *, sample_rate: int = 16000, samples: int = 1600, name: str = "fake", model: str = "fake-v1",
                  settings: dict[str, Any] | None = None) -> None:
@@ -26,8 +26,13 @@ class FakeEngine:
                                settings=settings or {})
         self.samples = samples
         self.requests: list[SynthesisRequest] = []
+        self.batches: list[list[str]] = []  # the texts of each synthesize_many call
         self.free_memory_calls = 0
         self.closed = False
+
+    def synthesize_many(self, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+        self.batches.append([r.text for r in requests])
+        return synthesize_each(self, requests)
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
         self.requests.append(request)
@@ -129,6 +134,31 @@ class OomEngine(RaisingEngine):
         self.dirty = False
 
 
+class BatchOomEngine(FakeEngine):
+    """Batches natively; runs out of memory when a call's texts hold more than `budget`
+    characters, and for texts in `always` even alone. After an out-of-memory error the next
+    call works only once `free_memory()` has been called (as a real accelerator would need)."""
+
+    def __init__(self, budget: int, always: Iterable[str] = (), **kw: Any) -> None:
+        super().__init__(**kw)
+        self.budget = budget
+        self.always = set(always)
+        self.dirty = False
+
+    def synthesize_many(self, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+        if self.dirty:
+            raise AssertionError("a call ran without free_memory() after an OOM")
+        self.batches.append([r.text for r in requests])
+        if sum(len(r.text) for r in requests) > self.budget or any(r.text in self.always for r in requests):
+            self.dirty = True
+            raise FakeCudaOutOfMemoryError(f"CUDA error: tried to allocate {len(requests)} GiB")
+        return [self.synthesize(r) for r in requests]
+
+    def free_memory(self) -> None:
+        super().free_memory()
+        self.dirty = False
+
+
 class WarningEngine(FakeEngine):
     """Reports that it ignores the prompt, like the espeak engine."""
 
@@ -145,7 +175,7 @@ class WarningEngine(FakeEngine):
 
 # A tiny driver so subprocess tests (kill, signals, lock, memory) can run a batch with a fake engine:
 #   python tests/fake_engines.py TASKS OUT [--engine fake|slow|noop] [--delay S] [--no-zip] [--fsync] [--rss]
-#                                [--progress]
+#                                [--progress] [--batch-size N]
 
 
 def _driver(argv: list[str] | None = None) -> int:
@@ -165,13 +195,14 @@ def _driver(argv: list[str] | None = None) -> int:
     p.add_argument("--fsync", action="store_true")
     p.add_argument("--rss", action="store_true", help="print peak RSS (KiB) before and after the run")
     p.add_argument("--progress", action="store_true", help="progress log lines on stderr")
+    p.add_argument("--batch-size", type=int, default=None)
     a = p.parse_args(argv)
 
     engine = {"fake": FakeEngine, "noop": NoOpEngine, "slow": lambda: SlowEngine(a.delay)}[a.engine]()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         s = run_batch(a.tasks, a.out, engine=engine, make_zip=not a.no_zip, fsync=a.fsync,
-                      progress=None if a.progress else False,
+                      progress=None if a.progress else False, batch_size=a.batch_size,
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -314,3 +314,16 @@ def test_espeak_engine_end_to_end(tmp_path: Path, monkeypatch) -> None:
     records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert records[0]["engine"] == "espeak"
     assert any("prompt" in w.lower() for w in records[1]["warnings"])
+
+
+def test_batch_size_reaches_the_runner_and_serve_accepts_it(tmp_path: Path, loader) -> None:
+    engine = FakeEngine()
+    loader.queue.append(engine)
+    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": str(i)} for i in range(5)])
+    r = invoke(["run", str(f), "--out", str(tmp_path / "out"), "--batch-size", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert [len(b) for b in engine.batches] == [2, 2, 1]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["batch_size"] == 2
+    r = CliRunner().invoke(main, ["run", str(f), "--batch-size", "0"])
+    assert r.exit_code == 2 and "--batch-size" in r.output
+    assert "--batch-size" in invoke(["serve", "--help"]).output

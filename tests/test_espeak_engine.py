@@ -422,3 +422,11 @@ def test_a_killed_process_leaves_a_folder_the_next_one_removes(tmp_path: Path) -
     clean = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert clean.returncode == 0, clean.stderr
     assert not left.exists() and list(tmp_path.glob("glmtts-espeak-*")) == []
+
+
+def test_synthesize_many_runs_one_by_one_and_isolates_a_bad_text(engine: EspeakEngine) -> None:
+    results = engine.synthesize_many([request(ENGLISH), request("  "), request(CHINESE)])
+    assert isinstance(results[1], TaskError) and results[1].field == "input_text"
+    assert np.array_equal(results[0].audio, engine.synthesize(request(ENGLISH)).audio)
+    assert np.array_equal(results[2].audio, engine.synthesize(request(CHINESE)).audio)
+    assert engine.default_batch_size == 1

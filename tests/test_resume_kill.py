@@ -4,7 +4,9 @@ Each round starts the batch in a subprocess (a slow fake engine, fsync on), kill
 with SIGKILL after a random delay (before startup finishes, mid-task, mid-manifest,
 mid-zip: wherever it lands), and checks that every WAV under its final name is
 complete. A final run to completion must then give the same WAVs (sha256) and the
-same manifest content as a run that was never interrupted.
+same manifest content as a run that was never interrupted. The rounds use different
+batch sizes (windows of tasks in the engine, WAVs written behind by a writer thread),
+so a kill lands mid-window and mid-write-behind, and each resume changes the batch size.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ def test_sigkill_at_random_points_then_rerun_matches_uninterrupted_run(tmp_path:
     lock = out / ".glmtts-batch" / "lock"
     rng = random.Random(int(os.environ.get("KILL_TEST_SEED", "20240611")))
     progress: list[int] = []  # WAVs journaled after each round
-    for _ in range(6):
+    for batch_size in (4, 1, 3, 8, 1, 5):
         proc = subprocess.Popen(
-            [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "slow", "--delay", "0.05", "--fsync"],
+            [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "slow", "--delay", "0.05", "--fsync",
+             "--batch-size", str(batch_size)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
         )
         # Kill at a random moment after the run took the folder lock (startup time varies
@@ -108,7 +111,7 @@ def test_sigkill_at_random_points_then_rerun_matches_uninterrupted_run(tmp_path:
     assert any(0 < done < 40 for done in progress), f"no kill landed mid-run: {progress}"
 
     final = subprocess.run(
-        [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "fake", "--fsync"],
+        [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "fake", "--fsync", "--batch-size", "6"],
         capture_output=True, text=True, env=ENV, timeout=60,
     )
     assert final.returncode == 1, final.stderr  # the invalid lines, as in the reference run

@@ -1,14 +1,20 @@
 """The engine interface the batch loop depends on.
 
-An engine is loaded once per run, then asked to synthesise one task at a time.
-It owns any per-prompt caching (a 5,000-line audiobook usually has one prompt),
-reports who it is for the manifest, and can free accelerator memory after an
-out-of-memory error so the next task runs normally.
+An engine is loaded once per run, then asked to synthesise a window of tasks at a
+time (`synthesize_many`; `synthesize` is the one-task form). It owns any per-prompt
+caching (a 5,000-line audiobook usually has one prompt), reports who it is for the
+manifest, and can free accelerator memory after an out-of-memory error so the next
+call runs normally.
+
+An engine that does not batch implements `synthesize_many` with `synthesize_each`;
+the batch loop also accepts an older engine that has only `synthesize` (see
+`batch_synthesizer`). `default_batch_size`, where an engine has it, is the window
+the loop uses when the user gives no `--batch-size` (1 otherwise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -94,6 +100,15 @@ class Engine(Protocol):
         """Synthesise one task. Raise `TaskError` for problems with this task's input."""
         ...
 
+    def synthesize_many(self, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+        """Synthesise several tasks: one result per request, in order.
+
+        A task's own problem comes back as its `Exception` in the list (its batch-mates
+        are unaffected). An out-of-memory error may instead be raised out of the call as
+        a whole; the batch loop then frees memory and retries the requests in halves.
+        """
+        ...
+
     def free_memory(self) -> None:
         """Release cached accelerator memory (called after an out-of-memory error)."""
         ...
@@ -105,3 +120,51 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release everything the engine holds."""
         ...
+
+
+BatchSynthesizer = Callable[[Sequence[SynthesisRequest]], "list[Synthesis | Exception]"]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (checked by name: no torch import here), MemoryError, or a
+    RuntimeError saying "out of memory" (older torch, other backends)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def synthesize_each(engine: Any, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+    """`synthesize_many` for an engine that does not batch: `engine.synthesize` per request.
+
+    A request's exception becomes its result, except out-of-memory, which is raised out of
+    the call (the contract's "whole call" form: the caller frees memory before anything
+    else runs, which a per-request result would not allow).
+    """
+    results: list[Synthesis | Exception] = []
+    for request in requests:
+        try:
+            results.append(engine.synthesize(request))
+        except Exception as exc:  # noqa: BLE001 - one task's failure is its result
+            if is_out_of_memory(exc):
+                raise
+            results.append(exc)
+    return results
+
+
+def batch_synthesizer(engine: Any) -> BatchSynthesizer:
+    """The engine's `synthesize_many`, or `synthesize_each` over an engine with only `synthesize`
+    (engines written before batching)."""
+    many = getattr(engine, "synthesize_many", None)
+    if callable(many):
+        return many  # type: ignore[no-any-return]
+    return lambda requests: synthesize_each(engine, requests)
+
+
+def default_batch_size(engine: Any) -> int:
+    """The engine's `default_batch_size` when it declares a positive int, else 1."""
+    size = getattr(engine, "default_batch_size", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return 1
+    return size

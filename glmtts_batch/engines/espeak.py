@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from glmtts_batch.engines.base import (
     EngineOptions,
     Synthesis,
     SynthesisRequest,
+    synthesize_each,
 )
 from glmtts_batch.errors import EngineLoadError, TaskError
 from glmtts_batch.glmtts.text.chars import is_han
@@ -418,6 +419,7 @@ class EspeakEngine:
     """
 
     name = "espeak"
+    default_batch_size = 1  # nothing to gain from larger windows: tasks run one by one
 
     def __init__(
         self,
@@ -500,6 +502,10 @@ class EspeakEngine:
             "rtf": round(elapsed / duration, 4) if duration else None,
         }
         return Synthesis(audio=audio, sample_rate=self.sample_rate, details=details, warnings=warnings)
+
+    def synthesize_many(self, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+        """One by one: espeak-ng speaks one text at a time (hence `default_batch_size` 1)."""
+        return synthesize_each(self, requests)
 
     def free_memory(self) -> None:
         """Nothing to free: espeak-ng holds no accelerator memory."""

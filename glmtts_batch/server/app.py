@@ -83,7 +83,8 @@ class Server:
         self.queue = JobQueue(config.jobs_dir)
         self.metrics = ServerMetrics(self.queue, host.stats)
         self.voices = VoiceStore(self.store, host, config.limits)
-        self.worker = Worker(host, self.queue, self.store, log=log, on_record=self.metrics.task_record)
+        self.worker = Worker(host, self.queue, self.store, log=log, on_record=self.metrics.task_record,
+                             batch_size=config.batch_size)
         self._remove_unqueued_uploads()
 
     def _remove_unqueued_uploads(self) -> None:

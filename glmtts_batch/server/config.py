@@ -29,6 +29,7 @@ class ServeConfig:
     port: int = 8080
     token: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
+    batch_size: int | None = None  # tasks per engine call in jobs (None: the engine's default)
 
 
 def is_loopback(host: str) -> bool:

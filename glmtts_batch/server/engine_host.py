@@ -1,18 +1,26 @@
 """The one loaded engine, shared by the job worker and speech requests under one lock.
 
 Engines are not thread-safe; the lock serialises every call. The runner gets a
-`LockedEngine` view, so a speech request waits at most for the task in progress and
-is served before the job's next task.
+`LockedEngine` view, so a speech request waits at most for the window of tasks in
+progress and is served before the job's next window.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from glmtts_batch.engines.base import Engine, EngineInfo, Synthesis, SynthesisRequest
+from glmtts_batch.engines.base import (
+    Engine,
+    EngineInfo,
+    Synthesis,
+    SynthesisRequest,
+    batch_synthesizer,
+    default_batch_size,
+)
 
 
 class EngineHost:
@@ -20,11 +28,17 @@ class EngineHost:
         self.engine = engine
         self.info: EngineInfo = engine.info
         self.lock = threading.Lock()
+        self.default_batch_size = default_batch_size(engine)
+        self._synthesize_many = batch_synthesizer(engine)
         self.runner_view = LockedEngine(self)
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
         with self.lock:
             return self.engine.synthesize(request)
+
+    def synthesize_many(self, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+        with self.lock:
+            return self._synthesize_many(requests)
 
     def free_memory(self) -> None:
         with self.lock:
@@ -57,9 +71,13 @@ class LockedEngine:
     def __init__(self, host: EngineHost) -> None:
         self._host = host
         self.info = host.info
+        self.default_batch_size = host.default_batch_size
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
         return self._host.synthesize(request)
+
+    def synthesize_many(self, requests: Sequence[SynthesisRequest]) -> list[Synthesis | Exception]:
+        return self._host.synthesize_many(requests)
 
     def free_memory(self) -> None:
         self._host.free_memory()

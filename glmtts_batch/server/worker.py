@@ -44,8 +44,9 @@ class LiveCounts:
 
 class Worker:
     def __init__(self, host: EngineHost, queue: JobQueue, store: Store, *, log: Log,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_record: Callable[[dict[str, Any]], None] | None = None, batch_size: int | None = None) -> None:
         self.host = host
+        self.batch_size = batch_size
         self.queue = queue
         self.store = store
         self.log = log
@@ -124,6 +125,7 @@ class Worker:
                 paths.task_file, paths.out, engine=self.host.runner_view, seed=job.seed, base_dir=paths.input,
                 max_failures=job.max_failures, progress=False, fsync=True,
                 log=lambda m: self.log(f"job {job.id}: {m}"), cancel=cancel, on_record=record,
+                batch_size=self.batch_size,
             )
         except GlmttsBatchError as exc:
             self.queue.finish(job.id, FAILED, exit_code=2, error=str(exc))
