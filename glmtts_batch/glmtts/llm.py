@@ -293,6 +293,27 @@ def check_special(special: SpecialTokens, vocab_size: int) -> None:
         raise ValueError("special token ids do not fit this LLM: " + "; ".join(problems))
 
 
+def read_llm_checkpoint(
+    llm_dir: str | Path, device: torch.device, dtype: torch.dtype
+) -> tuple[LlmConfig, Path, dict[str, Tensor]]:
+    """Config, weights file and state dict (floats in `dtype`, on `device`) of an `llm/` folder.
+
+    Shared by both LM implementations, which build different modules over the same keys.
+    """
+    llm_dir = Path(llm_dir)
+    config = LlmConfig.from_json(llm_dir / "config.json")
+    index = llm_dir / "model.safetensors.index.json"
+    weights = index if index.exists() else llm_dir / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"{llm_dir}: no model.safetensors.index.json or model.safetensors")
+    state = read_state_dict(weights, device=device)
+    # Convert one tensor at a time so two full copies never coexist.
+    for key in list(state):
+        if state[key].is_floating_point():
+            state[key] = state[key].to(dtype)
+    return config, weights, state
+
+
 # --------------------------------------------------------------------------------------
 # The model
 
@@ -318,19 +339,8 @@ class SpeechLM(nn.Module):
         """
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-        llm_dir = Path(llm_dir)
-        device = torch.device(device)
-        dtype = resolve_dtype(dtype)
-        config = LlmConfig.from_json(llm_dir / "config.json")
-        index = llm_dir / "model.safetensors.index.json"
-        weights = index if index.exists() else llm_dir / "model.safetensors"
-        if not weights.exists():
-            raise CheckpointError(f"{llm_dir}: no model.safetensors.index.json or model.safetensors")
-        state = read_state_dict(weights, device=device)
-        # Convert one tensor at a time so two full copies never coexist.
-        for key in list(state):
-            if state[key].is_floating_point():
-                state[key] = state[key].to(dtype)
+        device, dtype = torch.device(device), resolve_dtype(dtype)
+        config, weights, state = read_llm_checkpoint(llm_dir, device, dtype)
 
         def build() -> SpeechLM:
             lm = cls(config)
