@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -293,6 +293,43 @@ def check_special(special: SpecialTokens, vocab_size: int) -> None:
         raise ValueError("special token ids do not fit this LLM: " + "; ".join(problems))
 
 
+def reference_piece(
+    step: Callable[[Sequence[int]], Tensor],
+    ids: list[int],
+    special: SpecialTokens,
+    options: GenerationOptions,
+    min_len: int,
+    max_len: int,
+    generator: torch.Generator,
+    started: float,
+) -> tuple[list[int], GenerationStats]:
+    """One piece with upstream's random-number use (`reference_sampling.generate_reference`).
+
+    `step` feeds new ids to an LM and returns its (V,) audio-only logits; both LM
+    implementations decode their upstream-RNG pieces through here. Tokens count from 0.
+    """
+    run = generate_reference(
+        step,
+        ids,
+        min_len=min_len,
+        max_len=max_len,
+        eoa=special.eoa,
+        method=options.sample_method,
+        ras=options.ras,
+        top_k=options.top_k,
+        generator=generator,
+    )
+    stop = "forced" if options.force_tokens is not None else run.stop_reason
+    stats = GenerationStats(
+        prompt_tokens=len(ids),
+        generated_tokens=len(run.tokens),
+        seconds=time.perf_counter() - started,
+        stop_reason=stop,
+        ras_fallbacks=run.ras_fallbacks,
+    )
+    return [t - special.ats for t in run.tokens], stats
+
+
 def read_llm_checkpoint(
     llm_dir: str | Path, device: torch.device, dtype: torch.dtype
 ) -> tuple[LlmConfig, Path, dict[str, Tensor]]:
@@ -517,26 +554,7 @@ class SpeechLM(nn.Module):
             scores = self.candidate_logits(hidden, special)[0]
             return audio_only_logits(scores, vocab, ats=special.ats, ate=special.ate, eoa=special.eoa)
 
-        run = generate_reference(
-            step,
-            ids,
-            min_len=min_len,
-            max_len=max_len,
-            eoa=special.eoa,
-            method=options.sample_method,
-            ras=options.ras,
-            top_k=options.top_k,
-            generator=generator,
-        )
-        stop = "forced" if options.force_tokens is not None else run.stop_reason
-        stats = GenerationStats(
-            prompt_tokens=len(ids),
-            generated_tokens=len(run.tokens),
-            seconds=time.perf_counter() - started,
-            stop_reason=stop,
-            ras_fallbacks=run.ras_fallbacks,
-        )
-        return [t - special.ats for t in run.tokens], stats
+        return reference_piece(step, ids, special, options, min_len, max_len, generator, started)
 
     def _new_cache(self):
         from transformers import DynamicCache
