@@ -34,6 +34,17 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "glmtts-tiny", "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny `llm/` folder (vocabulary tiny_llm.VOCAB), read-only for the tests."""
+    from tiny_llm import VOCAB
+
+    from glmtts_batch.glmtts.checkpoint_writers.llm import write_random_llm
+    from glmtts_batch.glmtts.llm import LlmConfig
+
+    return write_random_llm(tmp_path_factory.mktemp("llm"), LlmConfig.tiny(vocab_size=VOCAB), seed=3)
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread: tiny matrices spend longer starting threads than computing."""

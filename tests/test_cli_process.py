@@ -46,12 +46,11 @@ def wait_for_line(stream, text: str, timeout: float = 60.0) -> list[str]:
     raise AssertionError(f"{text!r} never appeared; got {seen}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_while_the_model_loads_gives_a_message_and_the_signal_code(tmp_path: Path, sig: int) -> None:
-    out = tmp_path / "out"
-    proc = start(write_tasks(tmp_path / "t.jsonl", 3), out, "slow-load", stderr=subprocess.PIPE)
+def interrupt_at(line: str, sig: int, tasks: Path, out: Path, mode: str, *args: str) -> None:
+    """Send `sig` once `line` is on stderr; the run must end with a message and the signal's code."""
+    proc = start(tasks, out, mode, *args, stderr=subprocess.PIPE)
     try:
-        wait_for_line(proc.stderr, "fake: loading")
+        wait_for_line(proc.stderr, line)
         proc.send_signal(sig)
         _, rest = proc.communicate(timeout=20)
     finally:
@@ -59,6 +58,12 @@ def test_signal_while_the_model_loads_gives_a_message_and_the_signal_code(tmp_pa
     assert proc.returncode == CODES[sig], rest
     assert f"glmtts-batch: interrupted by {signal.Signals(sig).name}" in rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_the_model_loads_gives_a_message_and_the_signal_code(tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "out"
+    interrupt_at("fake: loading", sig, write_tasks(tmp_path / "t.jsonl", 3), out, "slow-load")
     assert (out / ".glmtts-batch" / "lock").read_text() == ""  # the lock was let go
     assert not (out / "manifest.jsonl").exists()  # nothing ran
 
@@ -67,16 +72,7 @@ def test_signal_while_the_model_loads_gives_a_message_and_the_signal_code(tmp_pa
 def test_signal_while_exiting_gives_a_message_and_the_signal_code(tmp_path: Path, sig: int) -> None:
     """The run is complete (manifest, summary, zip); the engine's clean-up is then interrupted."""
     out = tmp_path / "out"
-    proc = start(write_tasks(tmp_path / "t.jsonl", 3), out, "slow-close", "--no-progress", stderr=subprocess.PIPE)
-    try:
-        wait_for_line(proc.stderr, "fake: closing")
-        proc.send_signal(sig)
-        _, rest = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == CODES[sig], rest
-    assert f"glmtts-batch: interrupted by {signal.Signals(sig).name}" in rest
-    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+    interrupt_at("fake: closing", sig, write_tasks(tmp_path / "t.jsonl", 3), out, "slow-close", "--no-progress")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["ok"] == 3 and (out / "t.zip").exists()
     assert (out / ".glmtts-batch" / "lock").read_text() == ""

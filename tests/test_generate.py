@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import pytest
 import torch
+from tiny_llm import SPECIAL, Special
 
 from glmtts_batch.glmtts.generate import DecodingTask, LmRequest, generate_many
-from glmtts_batch.glmtts.checkpoint_writers.llm import write_random_llm
-from glmtts_batch.glmtts.llm import GenerationOptions, LlmConfig, SpeechLM
+from glmtts_batch.glmtts.llm import GenerationOptions, SpeechLM
 from glmtts_batch.glmtts.model import SpeechLlama
 
-
-@dataclass(frozen=True)
-class Special:
-    """Same fields as the text tokenizer's special ids; a small vocabulary keeps tests fast."""
-
-    ats: int = 100
-    ate: int = 355  # 256 audio tokens
-    boa: int = 90
-    eoa: int = 91
-    pad: int = 92
-
-
-VOCAB = 600
-SPECIAL = Special()
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def llm_dir(tmp_path_factory):
-    return write_random_llm(tmp_path_factory.mktemp("llm"), LlmConfig.tiny(vocab_size=VOCAB), seed=3)
 
 
 def stop_row(lm: SpeechLlama) -> torch.Tensor:

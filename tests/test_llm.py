@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny_llm import SPECIAL, VOCAB, Special
 
 from glmtts_batch.errors import CheckpointError
 from glmtts_batch.glmtts.checkpoint_writers.llm import (
@@ -26,29 +26,10 @@ from glmtts_batch.glmtts.llm import (
     prune_prompt_history,
 )
 
-
-@dataclass(frozen=True)
-class Special:
-    """Same fields as text.tokenizer.SpecialTokens; a small vocabulary keeps tests fast."""
-
-    ats: int = 100
-    ate: int = 355  # 256 audio tokens
-    boa: int = 90
-    eoa: int = 91
-    pad: int = 92
-
-
-VOCAB = 600
-SPECIAL = Special()
 N_AUDIO = SPECIAL.ate - SPECIAL.ats + 1
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="session")
-def llm_dir(tmp_path_factory):
-    return write_random_llm(tmp_path_factory.mktemp("llm"), LlmConfig.tiny(vocab_size=VOCAB), seed=3)
 
 
 @pytest.fixture

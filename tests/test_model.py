@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llm import VOCAB
 
 from glmtts_batch.errors import CheckpointError
-from glmtts_batch.glmtts.checkpoint_writers.llm import llm_tensor_shapes, write_random_llm
+from glmtts_batch.glmtts.checkpoint_writers.llm import llm_tensor_shapes
 from glmtts_batch.glmtts.llm import LlmConfig, SpeechLM
 from glmtts_batch.glmtts.model import SpeechLlama
 
-VOCAB = 600
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def llm_dir(tmp_path_factory):
-    return write_random_llm(tmp_path_factory.mktemp("llm"), LlmConfig.tiny(vocab_size=VOCAB), seed=3)
 
 
 @pytest.fixture(scope="module")

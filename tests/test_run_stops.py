@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from fake_engines import FakeEngine
+from run_files import manifest
 
 from glmtts_batch import OutputWriteError, RunError, TaskSourceError, run_batch
 from glmtts_batch.errors import EXIT_OUTPUT_ERROR, EXIT_RUN_ERROR
@@ -33,10 +34,6 @@ def run(tasks: Any, out: Path, engine: Any = None, **kw: Any):
     kw.setdefault("progress", False)
     kw.setdefault("fsync", False)
     return run_batch(tasks, out, engine=engine or FakeEngine(), **kw)
-
-
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def summary_json(out: Path) -> dict:

@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 from fake_engines import FakeEngine
+from run_files import manifest, write_tasks
 
 from glmtts_batch import RunError, Summary, run_batch
 from glmtts_batch.engines.base import Synthesis, SynthesisRequest
@@ -29,16 +30,6 @@ from glmtts_batch.errors import EXIT_OUTPUT_ERROR, EXIT_RUN_ERROR
 from glmtts_batch.outputs import TEMP_PREFIX
 
 STATE = ".glmtts-batch"
-
-
-def write_tasks(path: Path, tasks: list[dict | str]) -> Path:
-    lines = [t if isinstance(t, str) else json.dumps(t, ensure_ascii=False) for t in tasks]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def run(tasks, out: Path, engine=None, **kw) -> Summary:

@@ -46,9 +46,10 @@ from glmtts_batch.glmtts.llm import (
     check_special,
     flatten_prompt_history,
     prune_prompt_history,
+    reference_piece,
 )
 from glmtts_batch.glmtts.model import SpeechLlama
-from glmtts_batch.glmtts.reference_sampling import audio_only_logits, generate_reference
+from glmtts_batch.glmtts.reference_sampling import audio_only_logits
 from glmtts_batch.glmtts.sampling import ras_sample, topk_sample
 
 
@@ -343,20 +344,7 @@ def _upstream_piece(
     started = time.perf_counter()
     generator = torch.Generator(device=lm.device).manual_seed(seed)
     with torch.inference_mode():
-        run = generate_reference(
-            step,
-            ids,
-            min_len=min_len,
-            max_len=steps,
-            eoa=special.eoa,
-            method=options.sample_method,
-            ras=options.ras,
-            top_k=options.top_k,
-            generator=generator,
-        )
-    stop: Literal["eoa", "max_len", "forced"] = "forced" if options.force_tokens is not None else run.stop_reason
-    stats = GenerationStats(len(ids), len(run.tokens), time.perf_counter() - started, stop, run.ras_fallbacks)
-    return [t - special.ats for t in run.tokens], stats
+        return reference_piece(step, ids, special, options, min_len, steps, generator, started)
 
 
 class CudaGraphDecoder:

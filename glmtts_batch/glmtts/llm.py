@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -293,6 +293,64 @@ def check_special(special: SpecialTokens, vocab_size: int) -> None:
         raise ValueError("special token ids do not fit this LLM: " + "; ".join(problems))
 
 
+def reference_piece(
+    step: Callable[[Sequence[int]], Tensor],
+    ids: list[int],
+    special: SpecialTokens,
+    options: GenerationOptions,
+    min_len: int,
+    max_len: int,
+    generator: torch.Generator,
+    started: float,
+) -> tuple[list[int], GenerationStats]:
+    """One piece with upstream's random-number use (`reference_sampling.generate_reference`).
+
+    `step` feeds new ids to an LM and returns its (V,) audio-only logits; both LM
+    implementations decode their upstream-RNG pieces through here. Tokens count from 0.
+    """
+    run = generate_reference(
+        step,
+        ids,
+        min_len=min_len,
+        max_len=max_len,
+        eoa=special.eoa,
+        method=options.sample_method,
+        ras=options.ras,
+        top_k=options.top_k,
+        generator=generator,
+    )
+    stop = "forced" if options.force_tokens is not None else run.stop_reason
+    stats = GenerationStats(
+        prompt_tokens=len(ids),
+        generated_tokens=len(run.tokens),
+        seconds=time.perf_counter() - started,
+        stop_reason=stop,
+        ras_fallbacks=run.ras_fallbacks,
+    )
+    return [t - special.ats for t in run.tokens], stats
+
+
+def read_llm_checkpoint(
+    llm_dir: str | Path, device: torch.device, dtype: torch.dtype
+) -> tuple[LlmConfig, Path, dict[str, Tensor]]:
+    """Config, weights file and state dict (floats in `dtype`, on `device`) of an `llm/` folder.
+
+    Shared by both LM implementations, which build different modules over the same keys.
+    """
+    llm_dir = Path(llm_dir)
+    config = LlmConfig.from_json(llm_dir / "config.json")
+    index = llm_dir / "model.safetensors.index.json"
+    weights = index if index.exists() else llm_dir / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"{llm_dir}: no model.safetensors.index.json or model.safetensors")
+    state = read_state_dict(weights, device=device)
+    # Convert one tensor at a time so two full copies never coexist.
+    for key in list(state):
+        if state[key].is_floating_point():
+            state[key] = state[key].to(dtype)
+    return config, weights, state
+
+
 # --------------------------------------------------------------------------------------
 # The model
 
@@ -318,19 +376,8 @@ class SpeechLM(nn.Module):
         """
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-        llm_dir = Path(llm_dir)
-        device = torch.device(device)
-        dtype = resolve_dtype(dtype)
-        config = LlmConfig.from_json(llm_dir / "config.json")
-        index = llm_dir / "model.safetensors.index.json"
-        weights = index if index.exists() else llm_dir / "model.safetensors"
-        if not weights.exists():
-            raise CheckpointError(f"{llm_dir}: no model.safetensors.index.json or model.safetensors")
-        state = read_state_dict(weights, device=device)
-        # Convert one tensor at a time so two full copies never coexist.
-        for key in list(state):
-            if state[key].is_floating_point():
-                state[key] = state[key].to(dtype)
+        device, dtype = torch.device(device), resolve_dtype(dtype)
+        config, weights, state = read_llm_checkpoint(llm_dir, device, dtype)
 
         def build() -> SpeechLM:
             lm = cls(config)
@@ -507,26 +554,7 @@ class SpeechLM(nn.Module):
             scores = self.candidate_logits(hidden, special)[0]
             return audio_only_logits(scores, vocab, ats=special.ats, ate=special.ate, eoa=special.eoa)
 
-        run = generate_reference(
-            step,
-            ids,
-            min_len=min_len,
-            max_len=max_len,
-            eoa=special.eoa,
-            method=options.sample_method,
-            ras=options.ras,
-            top_k=options.top_k,
-            generator=generator,
-        )
-        stop = "forced" if options.force_tokens is not None else run.stop_reason
-        stats = GenerationStats(
-            prompt_tokens=len(ids),
-            generated_tokens=len(run.tokens),
-            seconds=time.perf_counter() - started,
-            stop_reason=stop,
-            ras_fallbacks=run.ras_fallbacks,
-        )
-        return [t - special.ats for t in run.tokens], stats
+        return reference_piece(step, ids, special, options, min_len, max_len, generator, started)
 
     def _new_cache(self):
         from transformers import DynamicCache

@@ -44,9 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glmtts_batch.errors import CheckpointError
-from glmtts_batch.glmtts.llm import LlmConfig, resolve_dtype
-from glmtts_batch.glmtts.weights import load_module, read_state_dict
+from glmtts_batch.glmtts.llm import LlmConfig, read_llm_checkpoint, resolve_dtype
+from glmtts_batch.glmtts.weights import load_module
 
 if TYPE_CHECKING:
     from glmtts_batch.glmtts.generate import CudaGraphDecoder
@@ -242,16 +241,8 @@ class SpeechLlama(nn.Module):
         cls, llm_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
     ) -> SpeechLlama:
         """Load a released (or random) `llm/` folder onto `device` in `dtype`; strict keys."""
-        llm_dir, device, dtype = Path(llm_dir), torch.device(device), resolve_dtype(dtype)
-        config = LlmConfig.from_json(llm_dir / "config.json")
-        index = llm_dir / "model.safetensors.index.json"
-        weights = index if index.exists() else llm_dir / "model.safetensors"
-        if not weights.exists():
-            raise CheckpointError(f"{llm_dir}: no model.safetensors.index.json or model.safetensors")
-        state = read_state_dict(weights, device=device)
-        for key in list(state):  # one tensor at a time: two full copies never coexist
-            if state[key].is_floating_point():
-                state[key] = state[key].to(dtype)
+        device, dtype = torch.device(device), resolve_dtype(dtype)
+        config, weights, state = read_llm_checkpoint(llm_dir, device, dtype)
         return load_module(lambda: cls(config), state, where=str(weights), device=device, dtype=dtype)
 
     def pack_for_cpu(self) -> SpeechLlama:
