@@ -49,7 +49,9 @@ def time_steps(step, steps: int) -> float:
 
 def sample_rows(scores: torch.Tensor, generators: list[torch.Generator]) -> list[int]:
     history = torch.zeros(1, 10, dtype=torch.long)
-    tokens = [ras_sample(scores[k : k + 1], history, params=RasParams(), generator=g)[0] for k, g in enumerate(generators)]
+    tokens = [
+        ras_sample(scores[k : k + 1], history, params=RasParams(), generator=g)[0] for k, g in enumerate(generators)
+    ]
     return torch.cat(tokens).tolist()
 
 
@@ -95,7 +97,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,16")
     parser.add_argument("--context", type=int, default=150, help="cached positions per row")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--variants", default="sequential,rows-apart,batched-mkl,batched-packed", help="packed last: packing is one-way")
+    parser.add_argument(
+        "--variants", default="sequential,rows-apart,batched-mkl,batched-packed", help="packed last: packing is one-way"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/out/lm_steps.json"))
     args = parser.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -124,7 +128,12 @@ def main() -> None:
     base = next((r["tokens_per_s"] for r in results if r["variant"] == "sequential"), None)
     for r in results:
         r["vs_sequential"] = r["tokens_per_s"] / base if base else None
-    meta = {"threads": torch.get_num_threads(), "context": args.context, "steps": args.steps, "torch": torch.__version__}
+    meta = {
+        "threads": torch.get_num_threads(),
+        "context": args.context,
+        "steps": args.steps,
+        "torch": torch.__version__,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(json.dumps(results, indent=1))

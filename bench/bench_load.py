@@ -147,7 +147,11 @@ def _child(name: str, checkpoint_dir: Path, threads: int | None, device: str) ->
     with _PeakSampler() as sampler:
         started = time.perf_counter()
         if name.startswith("llm_"):
-            modules = [SpeechLM.from_checkpoint(layout.llm_dir, device, torch.float32 if name == "llm_fp32" else torch.bfloat16)]
+            modules = [
+                SpeechLM.from_checkpoint(
+                    layout.llm_dir, device, torch.float32 if name == "llm_fp32" else torch.bfloat16
+                )
+            ]
         elif name == "flow":
             modules = [FlowDecoder.from_checkpoint(layout.flow_weights, device, config_path=layout.flow_config)]
         elif name == "speech_tokenizer":
@@ -269,7 +273,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", default=None, help="default: bench/checkpoints/<preset>")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(MEASUREMENTS)}")
     parser.add_argument("--cold", action="store_true", help="evict the checkpoint from page cache before each load")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the weights go (host RSS is measured either way)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda: where the weights go (host RSS is measured either way)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads in the load processes")
     parser.add_argument("--out", default=str(REPO / "bench" / "out"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

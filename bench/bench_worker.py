@@ -121,7 +121,13 @@ def child_big(task_file: Path, out_dir: Path) -> dict[str, Any]:
     rss_start = peak_rss_mb()
     t0 = time.perf_counter()
     summary = run_batch(
-        task_file, out_dir, engine=NullEngine(), seed=0, make_zip=True, progress=False, fsync=False,
+        task_file,
+        out_dir,
+        engine=NullEngine(),
+        seed=0,
+        make_zip=True,
+        progress=False,
+        fsync=False,
         log=lambda _: None,
     )
     wall = time.perf_counter() - t0
@@ -148,8 +154,15 @@ def child_espeak(jobs: list[tuple[str, Path]], out_root: Path, fsync: bool) -> d
         before = engine.stats()
         t0 = time.perf_counter()
         summary = run_batch(
-            task_file, out_root / name, engine=engine, seed=0, resume=False, make_zip=True,
-            progress=False, fsync=fsync, log=lambda _: None,
+            task_file,
+            out_root / name,
+            engine=engine,
+            seed=0,
+            resume=False,
+            make_zip=True,
+            progress=False,
+            fsync=fsync,
+            log=lambda _: None,
         )
         wall = time.perf_counter() - t0
         after = engine.stats()
@@ -220,7 +233,9 @@ def main() -> None:
             job.mkdir()
             write_task_file(job / "tasks.jsonl", n)
             flags = [] if with_fsync else ["--no-fsync"]
-            row = run_child(["--child", "null", "--task-file", str(job / "tasks.jsonl"), "--out", str(job / "out"), *flags])
+            row = run_child(
+                ["--child", "null", "--task-file", str(job / "tasks.jsonl"), "--out", str(job / "out"), *flags]
+            )
             row["fsync"] = with_fsync
             report["null_engine"].append(row)
             print(
@@ -245,8 +260,16 @@ def main() -> None:
             job.mkdir()
             write_task_file(job / "tasks.jsonl", args.espeak_lines)
             report["espeak"] = run_child(
-                ["--child", "espeak", "--task-file", str(job / "tasks.jsonl"), "--out", str(job / "out"),
-                 "--espeak-lines", str(args.espeak_lines)]
+                [
+                    "--child",
+                    "espeak",
+                    "--task-file",
+                    str(job / "tasks.jsonl"),
+                    "--out",
+                    str(job / "out"),
+                    "--espeak-lines",
+                    str(args.espeak_lines),
+                ]
             )
             report["espeak"]["fsync"] = True
     finally:
@@ -264,7 +287,9 @@ def main() -> None:
 def print_table(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"\nworker benchmark: {m['cpus']} CPUs, {m['platform']}")
-    print(f"{'no-op engine':<14}{'fsync':>6}{'tasks/s':>9}{'resume/s':>10}{'us/task':>9}{'RSS start':>11}{'RSS peak':>10}")
+    print(
+        f"{'no-op engine':<14}{'fsync':>6}{'tasks/s':>9}{'resume/s':>10}{'us/task':>9}{'RSS start':>11}{'RSS peak':>10}"
+    )
     for row in report["null_engine"]:
         print(
             f"{row['tasks']:>8} tasks{'on' if row['fsync'] else 'off':>6}{row['tasks_per_s']:>9.0f}"
@@ -273,7 +298,9 @@ def print_table(report: dict[str, Any]) -> None:
         )
     big = report.get("big_jobs")
     if big:
-        print(f"\n{'big job':<14}{'run s':>8}{'zip MB':>8}{'RSS start':>11}{'RSS peak':>10}{'MB/100k':>9}  target <= 150 MB, flat")
+        print(
+            f"\n{'big job':<14}{'run s':>8}{'zip MB':>8}{'RSS start':>11}{'RSS peak':>10}{'MB/100k':>9}  target <= 150 MB, flat"
+        )
         first = big[0]
         for row in big:
             extra = row["tasks"] - first["tasks"]

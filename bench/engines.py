@@ -20,7 +20,9 @@ class NullEngine:
     def __init__(self, *, sample_rate: int = 24000, seconds: float = 0.1) -> None:
         t = np.arange(int(sample_rate * seconds), dtype=np.float32) / sample_rate
         self._audio = (0.1 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32)
-        self.info = EngineInfo(name="null", model="null-tone", sample_rate=sample_rate, device="cpu", clones_voice=False)
+        self.info = EngineInfo(
+            name="null", model="null-tone", sample_rate=sample_rate, device="cpu", clones_voice=False
+        )
         self._tasks = 0
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:

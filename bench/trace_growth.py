@@ -73,8 +73,14 @@ def held_by_site(n: int, tmp_root: Path | None) -> dict[tuple[str, int], int]:
         tracemalloc.start(1)
         base = tracemalloc.take_snapshot()
         summary = run_batch(
-            tmp / "tasks.jsonl", tmp / "out", engine=NullEngine(), seed=0, make_zip=True, progress=False,
-            fsync=False, log=lambda _: None,
+            tmp / "tasks.jsonl",
+            tmp / "out",
+            engine=NullEngine(),
+            seed=0,
+            make_zip=True,
+            progress=False,
+            fsync=False,
+            log=lambda _: None,
         )
         tracemalloc.stop()
     finally:

@@ -18,8 +18,8 @@ from .errors import (  # noqa: E402
     PromptAudioError,
     RequestRejected,
     RunError,
-    ServeConfigError,
     RunStoppedError,
+    ServeConfigError,
     TaskError,
     TaskSourceError,
 )

@@ -180,7 +180,9 @@ def _open_tasks(
                 raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
             raise
         return _TaskSource(
-            items=iter_open_task_file(task_file, (explicit,) if explicit is not None else prompt_bases(path, task_file)),
+            items=iter_open_task_file(
+                task_file, (explicit,) if explicit is not None else prompt_bases(path, task_file)
+            ),
             job=job,
             out_dir=Path(out_dir) if out_dir is not None else Path("outputs") / path.stem,
             zip_name=f"{path.stem}.zip",
@@ -278,8 +280,10 @@ def _warn_at_first_prompt(items: Iterable[TaskOrInvalid], engine_name: str, log:
     warned = False
     for item in items:
         if not warned and isinstance(item, Task) and item.prompt_audio is not None:
-            log(f"WARNING: engine {engine_name!r} does not clone voices; prompt audio will be ignored "
-                f"(first on line {item.line})")
+            log(
+                f"WARNING: engine {engine_name!r} does not clone voices; prompt audio will be ignored "
+                f"(first on line {item.line})"
+            )
             warned = True
         yield item
 

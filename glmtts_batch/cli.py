@@ -41,10 +41,13 @@ def _echo(message: str, *, err: bool = False) -> None:
         silence(sys.stderr if err else sys.stdout)
     except OSError:
         pass  # a full disk under a redirected stream: the run's outcome is in its exit code
+
+
 _base_dir_option = click.option(
-    "--base-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder relative prompt_audio paths start from [default: the task file's folder, then the "
-         "working directory].")
+    "--base-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder relative prompt_audio paths start from [default: the task file's folder, then the working directory].",
+)
 
 
 class _Commands(click.Group):
@@ -113,31 +116,60 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _ENGINE_OPTIONS = [
-    click.option("--engine", type=click.Choice(["auto", "glmtts", "espeak"]), default="auto", show_default=True,
-        help="auto: GLM-TTS when a checkpoint is available, else the embedded espeak engine."),
-    click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLMTTS_MODEL_DIR",
-        help="GLM-TTS checkpoint folder [env: GLMTTS_MODEL_DIR]."),
+    click.option(
+        "--engine",
+        type=click.Choice(["auto", "glmtts", "espeak"]),
+        default="auto",
+        show_default=True,
+        help="auto: GLM-TTS when a checkpoint is available, else the embedded espeak engine.",
+    ),
+    click.option(
+        "--model-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="GLMTTS_MODEL_DIR",
+        help="GLM-TTS checkpoint folder [env: GLMTTS_MODEL_DIR].",
+    ),
     click.option("--campplus", type=_existing_file, help="CAM++ speaker model (ONNX), if not in the checkpoint."),
     click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
-    click.option("--sample-rate", type=click.Choice([str(rate) for rate in SAMPLE_RATES]),
-        default=str(DEFAULT_SAMPLE_RATE), show_default=True, help="Output rate; each has its own vocoder."),
-    click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-        help="LLM precision."),
-    click.option("--flow-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-        help="Flow precision (half precision may add hiss)."),
+    click.option(
+        "--sample-rate",
+        type=click.Choice([str(rate) for rate in SAMPLE_RATES]),
+        default=str(DEFAULT_SAMPLE_RATE),
+        show_default=True,
+        help="Output rate; each has its own vocoder.",
+    ),
+    click.option(
+        "--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="LLM precision."
+    ),
+    click.option(
+        "--flow-dtype",
+        type=click.Choice(["fp32", "bf16", "fp16"]),
+        default="fp32",
+        show_default=True,
+        help="Flow precision (half precision may add hiss).",
+    ),
     click.option("--no-kv-cache", is_flag=True, help="Disable the LLM key/value cache."),
     click.option("--no-prompt-cache", is_flag=True, help="Disable the long-text prompt-history cache."),
     click.option("--phoneme-dict", type=_existing_file, help="JSONL word -> pinyin overrides for phoneme mode."),
-    click.option("--sampling-rng", type=click.Choice(["fast", "upstream"]), default="fast", show_default=True,
-        help="upstream: spend random numbers as upstream GLM-TTS does, for its tokens from a seed (slower)."),
+    click.option(
+        "--sampling-rng",
+        type=click.Choice(["fast", "upstream"]),
+        default="fast",
+        show_default=True,
+        help="upstream: spend random numbers as upstream GLM-TTS does, for its tokens from a seed (slower).",
+    ),
 ]
 
 
 def batch_size_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--batch-size`, shared by `run` and `serve` (a runner setting, not an engine option)."""
-    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
         help="Tasks per engine call [default: the engine's own: espeak 1, GLM-TTS by device]. "
-             "Does not change the audio; a batch that runs out of memory is retried in halves.")(command)
+        "Does not change the audio; a batch that runs out of memory is retried in halves.",
+    )(command)
 
 
 def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
@@ -162,18 +194,28 @@ def _engine_options(params: dict[str, Any]) -> tuple[str, EngineOptions]:
 
 @main.command()
 @click.argument("task_file", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: outputs/<task file stem>/].")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder [default: outputs/<task file stem>/].",
+)
 @engine_options
 @batch_size_option
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
-              help="Seed for tasks without their own 'seed'.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=0,
+    show_default=True,
+    help="Seed for tasks without their own 'seed'.",
+)
 @click.option("--no-resume", is_flag=True, help="Redo every task, even those an earlier run finished.")
 @click.option("--no-zip", is_flag=True, help="Do not pack <stem>.zip.")
 @click.option("--max-failures", type=click.IntRange(min=1), help="Stop after N failed tasks.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress log lines.")
-@click.option("--adopt", is_flag=True,
-              help="Let this task file take over an output folder another task file's job owns.")
+@click.option(
+    "--adopt", is_flag=True, help="Let this task file take over an output folder another task file's job owns."
+)
 @_base_dir_option
 def run(
     task_file: Path,
@@ -204,14 +246,18 @@ def run(
         base_dir=base_dir,
         batch_size=batch_size,
     )
-    parts = [f"{summary.ok} ok ({summary.resumed} resumed)", f"{summary.failed} failed",
-             f"{summary.invalid} invalid", f"{summary.skipped} skipped"]
-    _echo(f"{PREFIX}{', '.join(parts)}; {summary.audio_seconds:.1f} s of audio "
-               f"in {summary.wall_seconds:.1f} s", err=True)
+    parts = [
+        f"{summary.ok} ok ({summary.resumed} resumed)",
+        f"{summary.failed} failed",
+        f"{summary.invalid} invalid",
+        f"{summary.skipped} skipped",
+    ]
+    _echo(
+        f"{PREFIX}{', '.join(parts)}; {summary.audio_seconds:.1f} s of audio in {summary.wall_seconds:.1f} s", err=True
+    )
     if summary.interrupted:
         unread = "" if not summary.unread_lines else f"; {summary.unread_lines} lines not read"
-        _echo(f"{PREFIX}interrupted by {summary.interrupted}{unread}; re-run the same command to resume",
-                   err=True)
+        _echo(f"{PREFIX}interrupted by {summary.interrupted}{unread}; re-run the same command to resume", err=True)
     if summary.stopped_early:
         _echo(f"{PREFIX}stopped after --max-failures; remaining tasks were not run", err=True)
     _echo(f"manifest: {summary.manifest}")
@@ -222,14 +268,21 @@ def run(
 
 @main.command()
 @click.argument("task_file", type=click.Path(path_type=Path))
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also validate this GLM-TTS checkpoint folder.")
-@click.option("--campplus", type=click.Path(dir_okay=False, path_type=Path),
-              help="CAM++ speaker model to validate with --model-dir.")
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also validate this GLM-TTS checkpoint folder.",
+)
+@click.option(
+    "--campplus",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CAM++ speaker model to validate with --model-dir.",
+)
 @click.option("--errors-only", is_flag=True, help="Print only the lines with problems.")
 @_base_dir_option
-def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors_only: bool,
-          base_dir: Path | None) -> None:
+def check(
+    task_file: Path, model_dir: Path | None, campplus: Path | None, errors_only: bool, base_dir: Path | None
+) -> None:
     """Validate TASK_FILE without synthesising (no model is loaded). Exit 1 if any line is bad."""
 
     def show(item: TaskOrInvalid) -> None:
@@ -252,8 +305,13 @@ def check(task_file: Path, model_dir: Path | None, campplus: Path | None, errors
 
 @main.command("make-checkpoint")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(PRESETS), default="tiny", show_default=True,
-              help="tiny: runs a task in about a second on CPU; full: the released checkpoint's shapes.")
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default="tiny",
+    show_default=True,
+    help="tiny: runs a task in about a second on CPU; full: the released checkpoint's shapes.",
+)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
     """Write a random-weight GLM-TTS checkpoint in the real folder layout (tests, benchmarks)."""
@@ -265,13 +323,18 @@ def make_checkpoint(out_dir: Path, preset: str, seed: int) -> None:
 
 @main.command()
 @click.argument("text_file", required=False, type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
-@click.option("--tasks", "task_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Preview the input_text of every line of this task file instead.")
+@click.option(
+    "--tasks",
+    "task_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Preview the input_text of every line of this task file instead.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
 @click.option("--phoneme", is_flag=True, help="Also show each piece in phoneme mode.")
 @click.option("--phoneme-dict", type=_existing_file, help="JSONL word -> pinyin overrides (implies --phoneme).")
-def normalize(text_file: Path | None, task_file: Path | None, as_json: bool, phoneme: bool,
-              phoneme_dict: Path | None) -> None:
+def normalize(
+    text_file: Path | None, task_file: Path | None, as_json: bool, phoneme: bool, phoneme_dict: Path | None
+) -> None:
     """Show how each line of TEXT_FILE (default: standard input) will be read: the normalised
     text and the pieces it is spoken in. Loads no model. Exit 1 if a line could not be read."""
     import json
@@ -306,24 +369,56 @@ def normalize(text_file: Path | None, task_file: Path | None, as_json: bool, pho
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Bind address; anything but loopback needs --token-file.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Bind address; anything but loopback needs --token-file."
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--jobs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("jobs-server"),
-              show_default=True, help="Queue (SQLite), job folders and voices.")
+@click.option(
+    "--jobs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("jobs-server"),
+    show_default=True,
+    help="Queue (SQLite), job folders and voices.",
+)
 @click.option("--token-file", type=_existing_file, help="File holding the bearer token clients must send.")
-@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
-              help="Largest uploaded file.")
-@click.option("--max-job-mb", type=click.FloatRange(min=0, min_open=True), default=200, show_default=True,
-              help="Largest request body (a job's task file and prompt files).")
-@click.option("--max-lines", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Most task lines per job.")
-@click.option("--max-text-chars", type=click.IntRange(min=1), default=2_000, show_default=True,
-              help="Longest input_text of a task or input of a speech request.")
+@click.option(
+    "--max-file-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50,
+    show_default=True,
+    help="Largest uploaded file.",
+)
+@click.option(
+    "--max-job-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=200,
+    show_default=True,
+    help="Largest request body (a job's task file and prompt files).",
+)
+@click.option(
+    "--max-lines", type=click.IntRange(min=1), default=10_000, show_default=True, help="Most task lines per job."
+)
+@click.option(
+    "--max-text-chars",
+    type=click.IntRange(min=1),
+    default=2_000,
+    show_default=True,
+    help="Longest input_text of a task or input of a speech request.",
+)
 @engine_options
 @batch_size_option
-def serve(host: str, port: int, jobs_dir: Path, token_file: Path | None, max_file_mb: float, max_job_mb: float,
-          max_lines: int, max_text_chars: int, batch_size: int | None, **engine_params: Any) -> None:
+def serve(
+    host: str,
+    port: int,
+    jobs_dir: Path,
+    token_file: Path | None,
+    max_file_mb: float,
+    max_job_mb: float,
+    max_lines: int,
+    max_text_chars: int,
+    batch_size: int | None,
+    **engine_params: Any,
+) -> None:
     """Serve jobs, voices and speech over HTTP with one engine loaded once."""
     try:
         from .engines.select import load_engine
@@ -333,8 +428,12 @@ def serve(host: str, port: int, jobs_dir: Path, token_file: Path | None, max_fil
         raise RunError(f"serve needs the server extra (pip install 'glmtts-batch[server]'): {e}") from None
     engine, options = _engine_options(engine_params)
     mib = 1 << 20
-    limits = ServerLimits(max_file_bytes=int(max_file_mb * mib), max_job_bytes=int(max_job_mb * mib),
-                          max_lines=max_lines, max_text_chars=max_text_chars)
+    limits = ServerLimits(
+        max_file_bytes=int(max_file_mb * mib),
+        max_job_bytes=int(max_job_mb * mib),
+        max_lines=max_lines,
+        max_text_chars=max_text_chars,
+    )
     token = read_token(token_file) if token_file is not None else None
     config = ServeConfig(jobs_dir=jobs_dir, host=host, port=port, token=token, limits=limits, batch_size=batch_size)
     check_bind(host, token)  # before a model spends a minute loading

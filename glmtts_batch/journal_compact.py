@@ -40,7 +40,6 @@ import numpy as np
 from .manifest import JOURNAL_VERSION, parse_journal_line
 from .outputs import fsync_dir
 
-
 COMPACT_SUFFIX = ".compact-tmp"
 
 

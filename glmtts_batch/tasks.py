@@ -80,10 +80,23 @@ _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
 # a file listing. Format characters (category Cf: bidi controls, ZWJ, BOM...) are checked
 # by category on top, so new ones are covered too.
 _DEFAULT_IGNORABLE = (
-    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
-    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
-    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
-    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
 )
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -205,8 +218,7 @@ def check_string(line: int, key: str, value: str, *, controls: bool = True) -> N
     i = _lone_surrogate(value)
     if i is not None:
         raise InvalidTaskError(
-            f"line {line}: {key} is not valid Unicode text (lone surrogate U+{ord(value[i]):04X} at "
-            f"character {i})",
+            f"line {line}: {key} is not valid Unicode text (lone surrogate U+{ord(value[i]):04X} at character {i})",
             field=key,
         )
     if not controls:
@@ -242,9 +254,7 @@ class TaskValidator:
 
     def validate(self, line: int, obj: Any) -> Task:
         if not isinstance(obj, Mapping):
-            raise InvalidTaskError(
-                f"line {line}: expected a JSON object, got {_json_type(obj)}"
-            )
+            raise InvalidTaskError(f"line {line}: expected a JSON object, got {_json_type(obj)}")
         fields = self._canonical_fields(line, obj)
         # The name comes first so that later errors on this line still report it.
         name = self._output_name(line, fields)

@@ -98,9 +98,7 @@ class StreamingZipWriter:
         zip64 = len(data) * 1.05 > ZIP64_LIMIT
         self._write_member(io.BytesIO(data), time.time(), stat.S_IFREG | 0o644, arcname, compress, zip64)
 
-    def _write_member(
-        self, src: BinaryIO, mtime: float, mode: int, arcname: str, compress: int, zip64: bool
-    ) -> None:
+    def _write_member(self, src: BinaryIO, mtime: float, mode: int, arcname: str, compress: int, zip64: bool) -> None:
         out = self._out
         name = arcname.encode("utf-8")  # ASCII names are the same bytes
         flags = 0 if arcname.isascii() else _UTF8_NAME
@@ -109,8 +107,11 @@ class StreamingZipWriter:
         offset = out.tell() - self._start
         extra = struct.pack("<HHQQ", _ZIP64_EXTRA_ID, 16, 0, 0) if zip64 else b""
         marker = 0xFFFFFFFF if zip64 else 0
-        out.write(_LOCAL.pack(b"PK\x03\x04", version, flags, compress, dos_time, dos_date, 0, marker, marker,
-                              len(name), len(extra)))
+        out.write(
+            _LOCAL.pack(
+                b"PK\x03\x04", version, flags, compress, dos_time, dos_date, 0, marker, marker, len(name), len(extra)
+            )
+        )
         out.write(name)
         out.write(extra)
 
@@ -152,12 +153,28 @@ class StreamingZipWriter:
         cextra = struct.pack(f"<HH{len(fields)}Q", _ZIP64_EXTRA_ID, 8 * len(fields), *fields) if fields else b""
         if fields:
             version = 45
-        self._spill.write(_CENTRAL.pack(
-            b"PK\x01\x02", version, _MADE_BY_UNIX, version, flags, compress, dos_time, dos_date, crc,
-            0xFFFFFFFF if big_sizes else compressed, 0xFFFFFFFF if big_sizes else size,
-            len(name), len(cextra), 0, 0, 0, (mode & 0xFFFF) << 16,
-            0xFFFFFFFF if big_offset else offset,
-        ))
+        self._spill.write(
+            _CENTRAL.pack(
+                b"PK\x01\x02",
+                version,
+                _MADE_BY_UNIX,
+                version,
+                flags,
+                compress,
+                dos_time,
+                dos_date,
+                crc,
+                0xFFFFFFFF if big_sizes else compressed,
+                0xFFFFFFFF if big_sizes else size,
+                len(name),
+                len(cextra),
+                0,
+                0,
+                0,
+                (mode & 0xFFFF) << 16,
+                0xFFFFFFFF if big_offset else offset,
+            )
+        )
         self._spill.write(name)
         self._spill.write(cextra)
         self._count += 1

@@ -20,10 +20,18 @@ from glmtts_batch.errors import TaskError
 class FakeEngine:
     """A short deterministic tone per task; counts calls, and records each batch's texts."""
 
-    def __init__(self, *, sample_rate: int = 16000, samples: int = 1600, name: str = "fake", model: str = "fake-v1",
-                 settings: dict[str, Any] | None = None) -> None:
-        self.info = EngineInfo(name=name, model=model, sample_rate=sample_rate, device="cpu", clones_voice=True,
-                               settings=settings or {})
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        samples: int = 1600,
+        name: str = "fake",
+        model: str = "fake-v1",
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.info = EngineInfo(
+            name=name, model=model, sample_rate=sample_rate, device="cpu", clones_voice=True, settings=settings or {}
+        )
         self.samples = samples
         self.requests: list[SynthesisRequest] = []
         self.batches: list[list[str]] = []  # the texts of each synthesize_many call
@@ -91,7 +99,9 @@ class SlowEngine(FakeEngine):
 class RaisingEngine(FakeEngine):
     """Raises `exc_factory()` for texts in `fail_texts`."""
 
-    def __init__(self, fail_texts: Iterable[str], exc_factory=lambda: TaskError("boom", field="input_text"), **kw: Any) -> None:
+    def __init__(
+        self, fail_texts: Iterable[str], exc_factory=lambda: TaskError("boom", field="input_text"), **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.fail_texts = set(fail_texts)
         self.exc_factory = exc_factory
@@ -164,7 +174,9 @@ class WarningEngine(FakeEngine):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.info = EngineInfo(name="fake", model="fake-v1", sample_rate=self.info.sample_rate, device="cpu", clones_voice=False)
+        self.info = EngineInfo(
+            name="fake", model="fake-v1", sample_rate=self.info.sample_rate, device="cpu", clones_voice=False
+        )
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:
         result = super().synthesize(request)
@@ -201,15 +213,28 @@ def _driver(argv: list[str] | None = None) -> int:
     engine = {"fake": FakeEngine, "noop": NoOpEngine, "slow": lambda: SlowEngine(a.delay)}[a.engine]()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
-        s = run_batch(a.tasks, a.out, engine=engine, make_zip=not a.no_zip, fsync=a.fsync,
-                      progress=None if a.progress else False, batch_size=a.batch_size,
-                      log=lambda m: print(m, file=sys.stderr, flush=True))
+        s = run_batch(
+            a.tasks,
+            a.out,
+            engine=engine,
+            make_zip=not a.no_zip,
+            fsync=a.fsync,
+            progress=None if a.progress else False,
+            batch_size=a.batch_size,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = {"exit_code": s.exit_code, "ok": s.ok, "skipped": s.skipped, "resumed": s.resumed,
-              "interrupted": s.interrupted, "unread_lines": s.unread_lines}
+    result = {
+        "exit_code": s.exit_code,
+        "ok": s.ok,
+        "skipped": s.skipped,
+        "resumed": s.resumed,
+        "interrupted": s.interrupted,
+        "unread_lines": s.unread_lines,
+    }
     if a.rss:
         result.update(rss_before_kib=before, rss_after_kib=after)
     print(json.dumps(result), flush=True)

@@ -58,9 +58,33 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
     camp.write_bytes(b"onnx")
     monkeypatch.setenv("GLMTTS_MODEL_DIR", str(tmp_path / "from-env"))
     out = tmp_path / "out"
-    r = invoke(["run", str(f), "--out", str(out), "--engine", "glmtts", "--campplus", str(camp),
-                "--device", "cpu", "--sample-rate", "32000", "--dtype", "bf16", "--flow-dtype", "fp16",
-                "--no-kv-cache", "--no-prompt-cache", "--phoneme-dict", str(words), "--seed", "9", "--no-progress"])
+    r = invoke(
+        [
+            "run",
+            str(f),
+            "--out",
+            str(out),
+            "--engine",
+            "glmtts",
+            "--campplus",
+            str(camp),
+            "--device",
+            "cpu",
+            "--sample-rate",
+            "32000",
+            "--dtype",
+            "bf16",
+            "--flow-dtype",
+            "fp16",
+            "--no-kv-cache",
+            "--no-prompt-cache",
+            "--phoneme-dict",
+            str(words),
+            "--seed",
+            "9",
+            "--no-progress",
+        ]
+    )
     assert r.exit_code == 0, r.output
     name, options = loader.calls[0]
     assert name == "glmtts"
@@ -76,8 +100,25 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
     assert {rec["seed"] for rec in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())} == {9}
 
     # same seed, dtypes and phoneme dictionary: every task resumes
-    r = invoke(["run", str(f), "--out", str(out), "--model-dir", str(tmp_path / "explicit"), "--seed", "9",
-                "--dtype", "bf16", "--flow-dtype", "fp16", "--phoneme-dict", str(words), "--no-progress"])
+    r = invoke(
+        [
+            "run",
+            str(f),
+            "--out",
+            str(out),
+            "--model-dir",
+            str(tmp_path / "explicit"),
+            "--seed",
+            "9",
+            "--dtype",
+            "bf16",
+            "--flow-dtype",
+            "fp16",
+            "--phoneme-dict",
+            str(words),
+            "--no-progress",
+        ]
+    )
     assert r.exit_code == 0
     assert loader.calls[1][0] == "auto" and loader.calls[1][1].model_dir == tmp_path / "explicit"
     assert "2 ok (2 resumed), 0 failed, 0 invalid, 0 skipped" in r.output
@@ -88,8 +129,21 @@ def test_run_ok_exit_0_and_engine_options_mapping(tmp_path: Path, loader, monkey
 
 def test_sampling_rng_upstream_reaches_the_engine_options(tmp_path: Path, loader) -> None:
     f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
-    r = invoke(["run", str(f), "--out", str(tmp_path / "out"), "--engine", "glmtts", "--model-dir", str(tmp_path),
-                "--sampling-rng", "upstream", "--no-progress"])
+    r = invoke(
+        [
+            "run",
+            str(f),
+            "--out",
+            str(tmp_path / "out"),
+            "--engine",
+            "glmtts",
+            "--model-dir",
+            str(tmp_path),
+            "--sampling-rng",
+            "upstream",
+            "--no-progress",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert loader.calls[0][1].sampling_rng == "upstream"
     r = invoke(["run", str(f), "--sampling-rng", "numpy"])
@@ -144,16 +198,23 @@ def test_run_on_a_locked_folder_exits_2(tmp_path: Path, loader) -> None:
 
 
 def test_check_reports_every_line_and_exit_codes(tmp_path: Path) -> None:
-    good = write_tasks(tmp_path / "good.jsonl", ["# c", {"input_text": "a", "output_name": "intro"}, {"input_text": "b"}])
+    good = write_tasks(
+        tmp_path / "good.jsonl", ["# c", {"input_text": "a", "output_name": "intro"}, {"input_text": "b"}]
+    )
     r = invoke(["check", str(good)])
     assert r.exit_code == 0
     assert "line 2: ok -> intro.wav" in r.output and "line 3: ok -> 3.wav" in r.output
     assert "2 valid, 0 invalid" in r.output
 
-    bad = write_tasks(tmp_path / "bad.jsonl", [
-        {"input_text": "a"}, {"input_text": "b", "spekaer": "x"}, {"input_text": "c", "output_name": "/etc/x"},
-        {"input_text": "d", "prompt_audio": "missing.wav"},
-    ])
+    bad = write_tasks(
+        tmp_path / "bad.jsonl",
+        [
+            {"input_text": "a"},
+            {"input_text": "b", "spekaer": "x"},
+            {"input_text": "c", "output_name": "/etc/x"},
+            {"input_text": "d", "prompt_audio": "missing.wav"},
+        ],
+    )
     r = invoke(["check", str(bad)])
     assert r.exit_code == 1
     assert "line 1: ok -> 1.wav" in r.output
@@ -183,15 +244,19 @@ def test_run_with_a_state_path_that_is_a_file_exits_2(tmp_path: Path, loader) ->
 
 def test_check_reports_lone_surrogates_and_control_characters(tmp_path: Path) -> None:
     f = tmp_path / "t.jsonl"
-    f.write_text('{"input_text": "hello \\ud800 there"}\n{"input_text": "x", "output_name": "\\udc80"}\n'
-                 '{"input_text": "x", "\\udfff": 1}\n{"input_text": "nul\\u0000"}\n{"input_text": "fine"}\n')
+    f.write_text(
+        '{"input_text": "hello \\ud800 there"}\n{"input_text": "x", "output_name": "\\udc80"}\n'
+        '{"input_text": "x", "\\udfff": 1}\n{"input_text": "nul\\u0000"}\n{"input_text": "fine"}\n'
+    )
     r = invoke(["check", str(f), "--errors-only"])
     assert r.exit_code == 1
     assert "line 1: invalid [input_text] InvalidTaskError: line 1: input_text is not valid Unicode text" in r.output
     assert "line 2: invalid [output_name]" in r.output and "lone surrogate" in r.output
     assert "line 3: invalid [\\udfff] InvalidTaskError: line 3: unknown field" in r.output
-    assert "line 4: invalid [input_text] InvalidTaskError: line 4: input_text contains control character U+0000" \
+    assert (
+        "line 4: invalid [input_text] InvalidTaskError: line 4: input_text contains control character U+0000"
         in r.output
+    )
     assert "1 valid, 4 invalid" in r.output
 
 
@@ -303,8 +368,13 @@ def test_check_loads_no_engine(tmp_path: Path, monkeypatch) -> None:
 def test_espeak_engine_end_to_end(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("GLMTTS_MODEL_DIR", raising=False)
     (tmp_path / "voice.wav").write_bytes(b"not used by espeak")
-    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "Hello world.", "output_name": "hello"},
-                                           {"input_text": "Second line.", "prompt_audio": "voice.wav"}])
+    f = write_tasks(
+        tmp_path / "t.jsonl",
+        [
+            {"input_text": "Hello world.", "output_name": "hello"},
+            {"input_text": "Second line.", "prompt_audio": "voice.wav"},
+        ],
+    )
     out = tmp_path / "out"
     r = invoke(["run", str(f), "--out", str(out), "--engine", "espeak", "--no-progress"])
     assert r.exit_code == 0, r.output

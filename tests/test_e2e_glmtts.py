@@ -38,7 +38,6 @@ LONG_TEXT = (
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-
 def expected_samples(speech_tokens: list[int], sample_rate: int) -> int:
     """WAV length from the manifest's token counts: per piece the flow makes
     int((prompt + piece tokens) / 25 * 50) - prompt frames mel frames, the vocoder `hop`
@@ -105,8 +104,19 @@ def capture(out: Path, exit_code: int, output: str) -> Run:
 def runs_24k(workspace, tiny_checkpoint) -> tuple[Path, Run, Run]:
     """The same command twice: a first run, then a re-run that resumes."""
     out = workspace / "out24"
-    args = ["run", workspace / "tasks.jsonl", "--engine", "glmtts", "--model-dir", tiny_checkpoint,
-            "--device", "cpu", "--out", out, "--no-progress"]
+    args = [
+        "run",
+        workspace / "tasks.jsonl",
+        "--engine",
+        "glmtts",
+        "--model-dir",
+        tiny_checkpoint,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--no-progress",
+    ]
     real_load = GlmTtsEngine.load.__func__
 
     def capped_load(cls, options, *, log=print, force_tokens=None):
@@ -191,13 +201,30 @@ def test_32k_run_uncapped(workspace, tiny_checkpoint, monkeypatch):
     monkeypatch.delenv("GLMTTS_MODEL_DIR", raising=False)
     tasks = workspace / "short.jsonl"
     tasks.write_text(
-        task("a", "Hi there.", "voices/narrator.wav", "a calm narrator voice") + "\n"
-        + task("b", "Good night.", "voices/narrator.wav", "a calm narrator voice") + "\n",
+        task("a", "Hi there.", "voices/narrator.wav", "a calm narrator voice")
+        + "\n"
+        + task("b", "Good night.", "voices/narrator.wav", "a calm narrator voice")
+        + "\n",
         encoding="utf-8",
     )
     out = workspace / "out32"
-    result = invoke(["run", tasks, "--engine", "glmtts", "--model-dir", tiny_checkpoint, "--device", "cpu",
-                     "--sample-rate", "32000", "--out", out, "--no-progress"])
+    result = invoke(
+        [
+            "run",
+            tasks,
+            "--engine",
+            "glmtts",
+            "--model-dir",
+            tiny_checkpoint,
+            "--device",
+            "cpu",
+            "--sample-rate",
+            "32000",
+            "--out",
+            out,
+            "--no-progress",
+        ]
+    )
     assert result.exit_code == 0, result.output
     records = read_manifest(out)
     assert [r["status"] for r in records] == ["ok", "ok"]
@@ -215,8 +242,21 @@ def test_32k_run_uncapped(workspace, tiny_checkpoint, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_run_with_cuda_on_a_cpu_only_machine_exits_2(workspace, tiny_checkpoint):
     out = workspace / "out-cuda"
-    result = invoke(["run", workspace / "tasks.jsonl", "--engine", "glmtts", "--model-dir", tiny_checkpoint,
-                     "--device", "cuda", "--out", out, "--no-progress"])
+    result = invoke(
+        [
+            "run",
+            workspace / "tasks.jsonl",
+            "--engine",
+            "glmtts",
+            "--model-dir",
+            tiny_checkpoint,
+            "--device",
+            "cuda",
+            "--out",
+            out,
+            "--no-progress",
+        ]
+    )
     assert result.exit_code == 2
     assert "cuda" in result.output.lower()
     assert not (out / "manifest.jsonl").exists()

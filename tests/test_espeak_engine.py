@@ -208,12 +208,15 @@ def test_reinitialising_from_other_files_is_refused(engine: EspeakEngine, tmp_pa
     [
         ("Hello.", [TextRun("en", "Hello.")]),
         ("你好。", [TextRun("cmn", "你好。")]),
-        ("2024年我们去了London，看了Big Ben!", [
-            TextRun("cmn", "2024年我们去了"),
-            TextRun("en", "London，"),
-            TextRun("cmn", "看了"),
-            TextRun("en", "Big Ben!"),
-        ]),
+        (
+            "2024年我们去了London，看了Big Ben!",
+            [
+                TextRun("cmn", "2024年我们去了"),
+                TextRun("en", "London，"),
+                TextRun("cmn", "看了"),
+                TextRun("en", "Big Ben!"),
+            ],
+        ),
         ("我有3个apple, GPT-4模型", [TextRun("cmn", "我有3个"), TextRun("en", "apple, GPT-4"), TextRun("cmn", "模型")]),
         ("  你好 world  ", [TextRun("cmn", "你好"), TextRun("en", "world")]),
         ("Café naïve", [TextRun("en", "Café naïve")]),
@@ -249,7 +252,9 @@ def test_demo_prompt_is_a_short_24khz_pcm16_wav_that_make_prompt_reproduces(tmp_
     assert 3.0 <= info.duration <= 6.0
     regenerated = tmp_path / "prompt.wav"
     _make_prompt_module().make_prompt(regenerated)
-    assert regenerated.read_bytes() == committed.read_bytes(), "jobs/prompt_narrator.wav is stale: run jobs/make_prompt.py"
+    assert regenerated.read_bytes() == committed.read_bytes(), (
+        "jobs/prompt_narrator.wav is stale: run jobs/make_prompt.py"
+    )
 
 
 def test_demo_job_is_valid_and_uses_the_prompt_transcript() -> None:
@@ -328,7 +333,9 @@ def test_second_signal_during_espeak_synthesis_abandons_the_task(engine: EspeakE
         def close(self) -> None: ...
 
     tasks = tmp_path / "t.jsonl"
-    tasks.write_text(json.dumps({"input_text": " ".join([ENGLISH] * 150)}) + "\n")  # about a second of work, under the text limit
+    tasks.write_text(
+        json.dumps({"input_text": " ".join([ENGLISH] * 150)}) + "\n"
+    )  # about a second of work, under the text limit
     out = tmp_path / "out"
     summary = run_batch(tasks, out, engine=SignalledTwice(), progress=False, fsync=False, log=lambda m: None)
     assert (summary.ok, summary.skipped, summary.interrupted, summary.exit_code) == (0, 1, "SIGTERM", 143)
@@ -415,11 +422,18 @@ def test_a_killed_process_leaves_a_folder_the_next_one_removes(tmp_path: Path) -
 
     env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     start = "from glmtts_batch.engines.espeak import EspeakEngine\nEspeakEngine()\n"
-    killed = subprocess.run([sys.executable, "-c", start + "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"],
-                            env=env, capture_output=True, timeout=120, check=False)
+    killed = subprocess.run(
+        [sys.executable, "-c", start + "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert killed.returncode == -9
     (left,) = tmp_path.glob("glmtts-espeak-*")  # nothing could clean up after SIGKILL
-    clean = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=120, check=False)
+    clean = subprocess.run(
+        [sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert clean.returncode == 0, clean.stderr
     assert not left.exists() and list(tmp_path.glob("glmtts-espeak-*")) == []
 

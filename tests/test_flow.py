@@ -55,8 +55,13 @@ def _step1(model: FlowDecoder, g: dict[str, torch.Tensor], conditional: bool, bl
     spk = g["est_step1_spkr_emb"] if conditional else torch.zeros_like(g["est_step1_spkr_emb"])
     with torch.inference_mode():
         return model.estimator(
-            g["x0"], cond, g["est_step1_text"], g["est_step1_time"], spk,
-            padding_mask=g["est_step1_padding_mask"], block_mask=block_mask,
+            g["x0"],
+            cond,
+            g["est_step1_text"],
+            g["est_step1_time"],
+            spk,
+            padding_mask=g["est_step1_padding_mask"],
+            block_mask=block_mask,
         )
 
 
@@ -72,8 +77,12 @@ def test_estimator_step1_matches_golden(model, golden, conditional):
 def test_inference_matches_golden_mel_and_trajectory(model, golden):
     states: list[torch.Tensor] = []
     mel = model.inference(
-        golden["token"], golden["prompt_token"], golden["prompt_feat"], golden["embedding"],
-        noise=golden["x0"], on_step=lambda step, x: states.append(x[0].clone()),
+        golden["token"],
+        golden["prompt_token"],
+        golden["prompt_feat"],
+        golden["embedding"],
+        noise=golden["x0"],
+        on_step=lambda step, x: states.append(x[0].clone()),
     )
     assert mel.shape == (1, 80, 40)  # int(32 / 25 * 50) = 64 frames minus 24 prompt frames
     torch.testing.assert_close(mel, golden["mel"], atol=1e-4, rtol=0)
@@ -84,11 +93,19 @@ def test_block_causal_variant_matches_golden(model, golden, golden_causal):
     pattern = golden_causal["block_pattern"].tolist()
     mask = block_attention_mask(pattern, 64)
     assert torch.equal(mask, golden_causal["attn_mask"].bool())
-    torch.testing.assert_close(_step1(model, golden, True, mask), golden_causal["est_step1_cond_out"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(_step1(model, golden, False, mask), golden_causal["est_step1_uncond_out"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _step1(model, golden, True, mask), golden_causal["est_step1_cond_out"], atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        _step1(model, golden, False, mask), golden_causal["est_step1_uncond_out"], atol=1e-5, rtol=0
+    )
     mel = model.inference(
-        golden["token"], golden["prompt_token"], golden["prompt_feat"], golden["embedding"],
-        noise=golden["x0"], block_pattern=pattern,
+        golden["token"],
+        golden["prompt_token"],
+        golden["prompt_feat"],
+        golden["embedding"],
+        noise=golden["x0"],
+        block_pattern=pattern,
     )
     torch.testing.assert_close(mel, golden_causal["mel"], atol=1e-4, rtol=0)
     assert (mel - golden["mel"]).abs().max() > 1e-3  # the causal path really differs
@@ -109,10 +126,18 @@ def test_dims_inferred_from_golden_shapes(flow_dir, model):
     dims = json.loads((flow_dir / "dims.json").read_text())["dit_kwargs"]
     c = model.config
     assert (c.dim, c.depth, c.heads, c.dim_head, c.ff_mult) == (
-        dims["trans_dim"], dims["depth"], dims["heads"], dims["dim_head"], dims["ff_mult"],
+        dims["trans_dim"],
+        dims["depth"],
+        dims["heads"],
+        dims["dim_head"],
+        dims["ff_mult"],
     )
     assert (c.text_vocab_size, c.text_emb_dim, c.conv_layers, c.mel_dim, c.condition_dim) == (
-        dims["text_vocab_size"], dims["text_emb_dim"], dims["conv_layers"], dims["mel_dim"], dims["condition_dim"],
+        dims["text_vocab_size"],
+        dims["text_emb_dim"],
+        dims["conv_layers"],
+        dims["mel_dim"],
+        dims["condition_dim"],
     )
     assert c.spk_dim == 192 and dims["spkr_emb_adaLN"]
     assert c == DiTConfig.tiny()
@@ -137,10 +162,14 @@ def test_config_yaml_round_trip(tmp_path, reference_dir):
 
 
 def test_config_yaml_rejects_unsupported_options(tmp_path):
-    (tmp_path / "config.yaml").write_text("flow: !new:flow.flow.Flow\n    remove_spkr_concat_condition: False\n    mel_dim: 80\n")
+    (tmp_path / "config.yaml").write_text(
+        "flow: !new:flow.flow.Flow\n    remove_spkr_concat_condition: False\n    mel_dim: 80\n"
+    )
     with pytest.raises(CheckpointError, match="remove_spkr_concat_condition"):
         read_flow_settings(tmp_path / "config.yaml")
-    (tmp_path / "config.yaml").write_text("flow: !new:flow.flow.Flow\n    remove_spkr_concat_condition: True\n    mel_dims: 80\n")
+    (tmp_path / "config.yaml").write_text(
+        "flow: !new:flow.flow.Flow\n    remove_spkr_concat_condition: True\n    mel_dims: 80\n"
+    )
     with pytest.raises(CheckpointError, match="mel_dims"):
         read_flow_settings(tmp_path / "config.yaml")
 
@@ -166,7 +195,10 @@ def test_loader_accepts_model_wrapper_and_dtype(tmp_path, flow_dir, model, golde
     wrapped = FlowDecoder.from_checkpoint(_write(tmp_path, {"model": dict(sd)}) / "flow.pt", dtype=torch.float64)
     assert wrapped.estimator.proj_out.weight.dtype == torch.float64
     mel = wrapped.inference(
-        golden["token"], golden["prompt_token"], golden["prompt_feat"].double(), golden["embedding"],
+        golden["token"],
+        golden["prompt_token"],
+        golden["prompt_feat"].double(),
+        golden["embedding"],
         noise=golden["x0"],
     )
     torch.testing.assert_close(mel.float(), golden["mel"], atol=1e-4, rtol=0)
@@ -187,7 +219,9 @@ def test_random_checkpoint_has_released_layout(tmp_path, flow_dir, golden):
     assert {k: v.shape for k, v in written.items()} == {k: v.shape for k, v in released.items()}
     assert (ckpt.parent / "config.yaml").is_file()
     model = FlowDecoder.from_checkpoint(ckpt.parent)
-    mel = model.inference(golden["token"], golden["prompt_token"], golden["prompt_feat"], golden["embedding"], noise=golden["x0"])
+    mel = model.inference(
+        golden["token"], golden["prompt_token"], golden["prompt_feat"], golden["embedding"], noise=golden["x0"]
+    )
     assert torch.isfinite(mel).all() and mel.std() > 0.1
     again = random_flow_state_dict(DiTConfig.tiny(), seed=7)
     other = random_flow_state_dict(DiTConfig.tiny(), seed=8)
@@ -204,15 +238,20 @@ def test_cfg_batch_of_two_equals_separate_passes(model, golden):
     cond = g["est_step1_condition"]
     spk = g["est_step1_spkr_emb"]
     c = _Conditioning(
-        text=torch.cat([g["est_step1_text"]] * 2), text_lengths=torch.tensor([32, 32]),
-        cond=torch.cat([cond, torch.zeros_like(cond)]), spk=torch.cat([spk, torch.zeros_like(spk)]),
-        padding_mask=None, block_mask=None,
+        text=torch.cat([g["est_step1_text"]] * 2),
+        text_lengths=torch.tensor([32, 32]),
+        cond=torch.cat([cond, torch.zeros_like(cond)]),
+        spk=torch.cat([spk, torch.zeros_like(spk)]),
+        padding_mask=None,
+        block_mask=None,
     )
     t = torch.tensor(0.3)
     with torch.inference_mode():
         v = model.velocity(g["x0"], t, c, cfg_rate=0.7)
         v_cond = model.estimator(g["x0"], cond, g["est_step1_text"], t.reshape(1), spk)
-        v_uncond = model.estimator(g["x0"], torch.zeros_like(cond), g["est_step1_text"], t.reshape(1), torch.zeros_like(spk))
+        v_uncond = model.estimator(
+            g["x0"], torch.zeros_like(cond), g["est_step1_text"], t.reshape(1), torch.zeros_like(spk)
+        )
     torch.testing.assert_close(v, 1.7 * v_cond - 0.7 * v_uncond, atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
         torch.testing.assert_close(model.velocity(g["x0"], t, c, cfg_rate=0.0), v_cond, atol=1e-5, rtol=1e-5)
@@ -230,9 +269,18 @@ def test_padded_estimator_batch_equals_each_alone(model, causal):
     mask = torch.arange(64)[None] < torch.tensor(lengths)[:, None]
     block = (lambda n: block_attention_mask([2, 4, 8], n)) if causal else (lambda n: None)
     with torch.inference_mode():
-        batched = model.estimator(x, cond, text, t, spk, padding_mask=mask, text_lengths=torch.tensor(n_tokens), block_mask=block(64))
+        batched = model.estimator(
+            x, cond, text, t, spk, padding_mask=mask, text_lengths=torch.tensor(n_tokens), block_mask=block(64)
+        )
         for i, (n, k) in enumerate(zip(lengths, n_tokens)):
-            alone = model.estimator(x[i : i + 1, :n], cond[i : i + 1, :n], text[i : i + 1, :k], t[i : i + 1], spk[i : i + 1], block_mask=block(n))
+            alone = model.estimator(
+                x[i : i + 1, :n],
+                cond[i : i + 1, :n],
+                text[i : i + 1, :k],
+                t[i : i + 1],
+                spk[i : i + 1],
+                block_mask=block(n),
+            )
             torch.testing.assert_close(batched[i : i + 1, :n], alone, atol=1e-5, rtol=1e-5)
     # Without the per-item masking the short item would see its padding: the property is not vacuous.
     with torch.inference_mode():
@@ -248,15 +296,26 @@ def test_padded_inference_equals_each_alone(model):
     embedding = torch.randn(2, 192, generator=gen)
     n_tok, n_ptok, n_pmel = [15, 9], [10, 6], [20, 12]
     mel, lengths = model.inference_padded(
-        tokens, torch.tensor(n_tok), prompt_tokens, torch.tensor(n_ptok), prompt_mel, torch.tensor(n_pmel), embedding,
-        n_timesteps=4, generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)],
+        tokens,
+        torch.tensor(n_tok),
+        prompt_tokens,
+        torch.tensor(n_ptok),
+        prompt_mel,
+        torch.tensor(n_pmel),
+        embedding,
+        n_timesteps=4,
+        generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)],
     )
     assert lengths.tolist() == [2 * 25 - 20, 2 * 15 - 12]
     assert mel.shape == (2, 80, 30)
     for i in range(2):
         alone = model.inference(
-            tokens[i : i + 1, : n_tok[i]], prompt_tokens[i : i + 1, : n_ptok[i]], prompt_mel[i : i + 1, : n_pmel[i]],
-            embedding[i : i + 1], n_timesteps=4, generator=[torch.Generator().manual_seed(10 + i)],
+            tokens[i : i + 1, : n_tok[i]],
+            prompt_tokens[i : i + 1, : n_ptok[i]],
+            prompt_mel[i : i + 1, : n_pmel[i]],
+            embedding[i : i + 1],
+            n_timesteps=4,
+            generator=[torch.Generator().manual_seed(10 + i)],
         )
         torch.testing.assert_close(mel[i : i + 1, :, : lengths[i]], alone, atol=1e-4, rtol=1e-4)
         assert not mel[i, :, lengths[i] :].any()  # padding is zero

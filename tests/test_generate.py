@@ -40,7 +40,10 @@ def models(request, llm_dir) -> tuple[SpeechLlama, SpeechLM]:
 def make_requests(n: int, seed: int = 0) -> list[LmRequest]:
     """Mixed tasks: 1..3 pieces of 1..4 text ids, prompts of different lengths."""
     rng = random.Random(seed)
-    ids = lambda k: [rng.randrange(1, 90) for _ in range(k)]
+
+    def ids(k: int) -> list[int]:
+        return [rng.randrange(1, 90) for _ in range(k)]
+
     return [
         LmRequest(
             pieces_text_ids=[ids(rng.randint(1, 4)) for _ in range(rng.randint(1, 3))],
@@ -68,8 +71,12 @@ def test_rows_apart_equals_todays_generate_long_bit_for_bit(models):
         new.rows_apart = False
     for request, result in zip(requests, results):
         tokens, _ = old.generate_long(
-            request.pieces_text_ids, request.prompt_text_ids, request.prompt_speech_tokens, SPECIAL,
-            seed=request.seed, history_limit=request.history_limit,
+            request.pieces_text_ids,
+            request.prompt_text_ids,
+            request.prompt_speech_tokens,
+            SPECIAL,
+            seed=request.seed,
+            history_limit=request.history_limit,
         )
         assert result.tokens == tokens
 
@@ -88,8 +95,13 @@ def test_tokens_equal_todays_generate_long(models, method):
     results = generate_many(new, requests, SPECIAL, options, max_batch=4)
     for request, result in zip(requests, results):
         tokens, stats = old.generate_long(
-            request.pieces_text_ids, request.prompt_text_ids, request.prompt_speech_tokens, SPECIAL,
-            seed=request.seed, history_limit=request.history_limit, options=options,
+            request.pieces_text_ids,
+            request.prompt_text_ids,
+            request.prompt_speech_tokens,
+            SPECIAL,
+            seed=request.seed,
+            history_limit=request.history_limit,
+            options=options,
         )
         assert result.tokens == tokens
         assert [s.stop_reason for s in result.stats] == [s.stop_reason for s in stats]
@@ -138,8 +150,12 @@ def test_freed_slots_take_the_next_piece_while_others_decode(models, monkeypatch
     new, _ = models
     calls: list[tuple[str, list[int]]] = []
     prefill, decode = new.prefill, new.decode
-    monkeypatch.setattr(new, "prefill", lambda rows, slots: calls.append(("prefill", list(slots))) or prefill(rows, slots))
-    monkeypatch.setattr(new, "decode", lambda ids, slots, pos: calls.append(("decode", list(slots))) or decode(ids, slots, pos))
+    monkeypatch.setattr(
+        new, "prefill", lambda rows, slots: calls.append(("prefill", list(slots))) or prefill(rows, slots)
+    )
+    monkeypatch.setattr(
+        new, "decode", lambda ids, slots, pos: calls.append(("decode", list(slots))) or decode(ids, slots, pos)
+    )
     task = DecodingTask(new, SPECIAL, max_batch=3)
     results = task.run(make_requests(8, seed=3))
     assert all(r.tokens for r in results)
@@ -149,8 +165,10 @@ def test_freed_slots_take_the_next_piece_while_others_decode(models, monkeypatch
     assert counters.tokens == sum(len(t) for r in results for t in r.tokens)
     assert max(len(slots) for _, slots in calls) == 3 and all(0 <= s < 3 for _, slots in calls for s in slots)
     mid_flight = [
-        k for k in range(1, len(calls) - 1)
-        if calls[k][0] == "prefill" and calls[k - 1][0] == "decode"
+        k
+        for k in range(1, len(calls) - 1)
+        if calls[k][0] == "prefill"
+        and calls[k - 1][0] == "decode"
         and set(calls[k - 1][1]) - set(calls[k][1]) & set(calls[k + 1][1])  # a row kept decoding
     ]
     assert mid_flight

@@ -52,7 +52,6 @@ def quiet(_message: str) -> None:
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-
 def piece_samples(n_tokens: int, prompt_tokens: int, prompt_frames: int, sample_rate: int) -> int:
     """Samples the vocoder makes for one piece of `n_tokens` speech tokens.
 
@@ -77,7 +76,9 @@ def sibling(engine: GlmTtsEngine, *, force_tokens: int | None = FORCED, **change
     return GlmTtsEngine(engine.layout, engine.models, device=engine.device, options=options, generation=generation)
 
 
-def request(text: str, voice: Path | None, *, prompt_text: str | None = "a short voice prompt", seed: int = 1, phoneme=None):
+def request(
+    text: str, voice: Path | None, *, prompt_text: str | None = "a short voice prompt", seed: int = 1, phoneme=None
+):
     return SynthesisRequest(text=text, prompt_audio=voice, prompt_text=prompt_text, seed=seed, phoneme=phoneme)
 
 
@@ -214,8 +215,16 @@ def test_manifest_details_are_present_and_sane(engine, voice):
     assert re.fullmatch(r"glmtts:[0-9a-f]{16}", engine.info.model)  # weights identity, not the folder name
     settings = engine.info.settings
     assert (settings["dtype"], settings["flow_dtype"], settings["prompt_cache"], settings["phoneme_dict_sha256"]) == (
-        "fp32", "fp32", True, None)
-    assert settings["sampling_rng"] == "fast" and settings["generation"]["sample_method"] == "ras" and "device" not in settings
+        "fp32",
+        "fp32",
+        True,
+        None,
+    )
+    assert (
+        settings["sampling_rng"] == "fast"
+        and settings["generation"]["sample_method"] == "ras"
+        and "device" not in settings
+    )
     assert settings["text_grammars"] == engine.models.text.normalizer.grammars
     assert settings["lm_kernel"] == engine.lm_kernel == "cpu-packed"  # the kernels round differently: in the key
     assert settings == engine_settings(  # what test_resume_settings covers
@@ -299,9 +308,13 @@ def test_the_flow_is_always_conditioned_on_the_original_prompt(engine, voice, mo
     seen = []
     real = flow.inference_padded
 
-    def spy(tokens, token_lengths, prompt_tokens, prompt_token_lengths, prompt_mel, prompt_mel_lengths, embedding, **kw):
+    def spy(
+        tokens, token_lengths, prompt_tokens, prompt_token_lengths, prompt_mel, prompt_mel_lengths, embedding, **kw
+    ):
         seen.append((tokens[0].tolist(), prompt_tokens[0].tolist(), prompt_mel[0].clone(), embedding[0].clone()))
-        return real(tokens, token_lengths, prompt_tokens, prompt_token_lengths, prompt_mel, prompt_mel_lengths, embedding, **kw)
+        return real(
+            tokens, token_lengths, prompt_tokens, prompt_token_lengths, prompt_mel, prompt_mel_lengths, embedding, **kw
+        )
 
     monkeypatch.setattr(flow, "inference_padded", spy)
     prompt_text = "你好，这是一段提示语音。"
@@ -408,7 +421,10 @@ def test_missing_files_are_all_listed(ckpt_copy):
 def test_a_renamed_flow_key_is_named(ckpt_copy):
     path = ckpt_copy / "flow" / "flow.pt"
     state = torch.load(path, weights_only=True)["model"]
-    state = {k.replace("transformer_blocks.0.attn.to_out.0.weight", "transformer_blocks.0.attn.out_proj.weight"): v for k, v in state.items()}
+    state = {
+        k.replace("transformer_blocks.0.attn.to_out.0.weight", "transformer_blocks.0.attn.out_proj.weight"): v
+        for k, v in state.items()
+    }
     torch.save({"model": state}, path)
     with pytest.raises(CheckpointError) as caught:
         GlmTtsEngine.load(EngineOptions(model_dir=ckpt_copy, device="cpu"), log=quiet)

@@ -17,12 +17,15 @@ def test_the_repository_dockerfile_passes() -> None:
     image_check.structural_check((REPO / "Dockerfile").read_text())
 
 
-@pytest.mark.parametrize("edit, complaint", [
-    (("USER 10001:10001", "USER root"), "non-root"),
-    (("HEALTHCHECK", "# no health check"), "HEALTHCHECK"),
-    (("--no-index", ""), "only the built wheels"),
-    (('"glmtts-batch[server]==0.1.0"', '"glmtts-batch[server,test]==0.1.0" pytest'), "pytest"),
-])
+@pytest.mark.parametrize(
+    "edit, complaint",
+    [
+        (("USER 10001:10001", "USER root"), "non-root"),
+        (("HEALTHCHECK", "# no health check"), "HEALTHCHECK"),
+        (("--no-index", ""), "only the built wheels"),
+        (('"glmtts-batch[server]==0.1.0"', '"glmtts-batch[server,test]==0.1.0" pytest'), "pytest"),
+    ],
+)
 def test_a_dockerfile_missing_a_requirement_fails(edit: tuple[str, str], complaint: str) -> None:
     text = (REPO / "Dockerfile").read_text()
     assert edit[0] in text

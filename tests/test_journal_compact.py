@@ -23,8 +23,9 @@ def journal_in(out: Path) -> Journal:
 
 def write_wav_and_journal(journal: Journal, out: Path, name: str, content: bytes, key: str) -> None:
     (out / f"{name}.wav").write_bytes(content)
-    record = Record(line=1, output_name=name, status="ok", wav=f"{name}.wav",
-                    sha256=hashlib.sha256(content).hexdigest())
+    record = Record(
+        line=1, output_name=name, status="ok", wav=f"{name}.wav", sha256=hashlib.sha256(content).hexdigest()
+    )
     journal.append(key, record)
 
 
@@ -83,7 +84,7 @@ def test_torn_and_garbage_lines_are_dropped(tmp_path: Path) -> None:
     make_history(out, 2, ["a"])
     path = out / STATE_DIR / JOURNAL_NAME
     with open(path, "ab") as f:
-        f.write(b"not json\n[1, 2]\n{\"v\": 1, \"output_name\": 7}\n{\"v\": 1, \"key\": \"k\", \"outp")
+        f.write(b'not json\n[1, 2]\n{"v": 1, "output_name": 7}\n{"v": 1, "key": "k", "outp')
 
     result = compact_journal(path, min_stale=0, fsync=False)
 

@@ -68,17 +68,46 @@ def test_ok_record_holds_the_file_and_the_engine_notes() -> None:
 def test_status_builders_fill_what_their_status_has() -> None:
     failed = failed_record(TASK, INFO, 7, ValueError("no"), type_name="OutOfMemoryError")
     assert (failed.status, failed.error, failed.wav) == (
-        "failed", {"type": "OutOfMemoryError", "message": "no", "field": None}, None)
+        "failed",
+        {"type": "OutOfMemoryError", "message": "no", "field": None},
+        None,
+    )
     skipped = skipped_record(Task(1, "t", "n", seed=5), INFO, 7, "interrupted")
     assert (skipped.status, skipped.reason, skipped.resumed, skipped.seed, skipped.warnings) == (
-        "skipped", "interrupted", False, 5, [])
-    resumed = resumed_record(TASK, INFO, 7, {"wav": "ch1.wav", "sha256": "cd", "duration_s": 1.0,
-                                             "sample_rate": 16000, "warnings": ["old"], "details": {"a": 1}})
+        "skipped",
+        "interrupted",
+        False,
+        5,
+        [],
+    )
+    resumed = resumed_record(
+        TASK,
+        INFO,
+        7,
+        {
+            "wav": "ch1.wav",
+            "sha256": "cd",
+            "duration_s": 1.0,
+            "sample_rate": 16000,
+            "warnings": ["old"],
+            "details": {"a": 1},
+        },
+    )
     assert (resumed.status, resumed.reason, resumed.resumed, resumed.sha256, resumed.warnings) == (
-        "ok", None, True, "cd", ["old"])
+        "ok",
+        None,
+        True,
+        "cd",
+        ["old"],
+    )
     invalid = invalid_record(InvalidLine(2, InvalidTaskError("bad", field="seed"), output_name="2", seed=9), INFO, 7)
     assert (invalid.status, invalid.seed, invalid.text, invalid.warnings, invalid.details) == (
-        "invalid", 9, None, None, None)
+        "invalid",
+        9,
+        None,
+        None,
+        None,
+    )
     assert invalid.error == {"type": "InvalidTaskError", "message": "bad", "field": "seed"}
 
 

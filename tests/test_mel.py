@@ -31,9 +31,11 @@ def test_silence_tail_hits_the_log_floor(golden_dir):
     g = _golden(golden_dir, 24000)
     mel = MelExtractor(24000)(torch.from_numpy(g["wav_silence_tail"])).numpy()
     floor = np.log(1e-5)
-    assert np.count_nonzero(np.isclose(mel, floor, atol=1e-6)) == np.count_nonzero(
-        np.isclose(g["mel_silence_tail"], floor, atol=1e-6)
-    ) > 0
+    assert (
+        np.count_nonzero(np.isclose(mel, floor, atol=1e-6))
+        == np.count_nonzero(np.isclose(g["mel_silence_tail"], floor, atol=1e-6))
+        > 0
+    )
 
 
 @pytest.mark.parametrize("order", [(24000, 32000), (32000, 24000)])

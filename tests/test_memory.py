@@ -31,7 +31,10 @@ def run_driver(tasks: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
     proc = subprocess.run(
         [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "noop", "--no-zip", "--rss"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr  # the invalid lines make it exit 1
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -109,7 +109,9 @@ def test_a_rows_numbers_do_not_depend_on_its_batch_mates(llm_dir, packed):
     lm.setup_cache(max_slots=8, max_seq=64)
     alone = batched_run(lm, prompts[:1], steps[:1], slots=[0])[0]
     for mates, slots in [([1], [5, 2]), ([1, 2, 3, 4], [7, 0, 3, 1, 6]), ([4, 2], [1, 2, 0])]:
-        together = batched_run(lm, [prompts[0]] + [prompts[m] for m in mates], [steps[0]] + [steps[m] for m in mates], slots)
+        together = batched_run(
+            lm, [prompts[0]] + [prompts[m] for m in mates], [steps[0]] + [steps[m] for m in mates], slots
+        )
         assert torch.equal(together[0], alone)
 
 

@@ -91,8 +91,12 @@ def options(method: str) -> GenerationOptions:
 def test_single_piece_reproduces_upstream_tokens(case, golden_lms, special):
     lm = golden_lms[case["weights"]]
     tokens, stats = lm.generate(
-        case["text_ids"], case["prompt_text_ids"], case["prompt_speech_tokens"], special,
-        seed=case["seed"], options=options(case["method"]),
+        case["text_ids"],
+        case["prompt_text_ids"],
+        case["prompt_speech_tokens"],
+        special,
+        seed=case["seed"],
+        options=options(case["method"]),
     )
     assert tokens == case["tokens"], first_difference(tokens, case["tokens"])
     assert stats.stop_reason == case["stop_reason"]
@@ -116,8 +120,13 @@ def test_long_text_reproduces_upstream_tokens_piece_by_piece(case, golden_lms, s
     lm.generate = spy
     try:
         tokens, stats = lm.generate_long(
-            pieces, case["prompt_text_ids"], case["prompt_speech_tokens"], special,
-            seed=case["seed"], prompt_cache=case["use_cache"], options=options(case["method"]),
+            pieces,
+            case["prompt_text_ids"],
+            case["prompt_speech_tokens"],
+            special,
+            seed=case["seed"],
+            prompt_cache=case["use_cache"],
+            options=options(case["method"]),
         )
     finally:
         del lm.generate
@@ -141,12 +150,21 @@ def test_unmasked_run_reproduces_upstream_tokens_over_the_whole_vocabulary(case,
         hidden = lm.last_hidden(lm.embed(torch.tensor([list(new_ids)])), cache)
         return (hidden @ lm.model.embed_tokens.weight.T)[0]  # tied output layer, all V ids
 
-    ids = [*single["prompt_text_ids"], *single["text_ids"], special.boa,
-           *(t + special.ats for t in single["prompt_speech_tokens"])]
+    ids = [
+        *single["prompt_text_ids"],
+        *single["text_ids"],
+        special.boa,
+        *(t + special.ats for t in single["prompt_speech_tokens"]),
+    ]
     with torch.inference_mode():
         run = generate_reference(
-            step, ids, min_len=case["min_len"], max_len=case["max_len"], eoa=special.eoa,
-            method=case["method"], generator=torch.Generator().manual_seed(case["seed"]),
+            step,
+            ids,
+            min_len=case["min_len"],
+            max_len=case["max_len"],
+            eoa=special.eoa,
+            method=case["method"],
+            generator=torch.Generator().manual_seed(case["seed"]),
         )
     tokens = [t - special.ats for t in run.tokens]
     assert tokens == case["tokens"], first_difference(tokens, case["tokens"])
@@ -160,8 +178,12 @@ def test_without_kv_cache_the_reference_mode_gives_the_same_tokens(golden_lms, s
     case = min(cases, key=lambda c: (c["n_steps"], c["id"]))  # the cheapest to recompute
     uncached = GenerationOptions(sample_method=case["method"], sampling_rng="upstream", kv_cache=False)
     tokens, _ = golden_lms[case["weights"]].generate(
-        case["text_ids"], case["prompt_text_ids"], case["prompt_speech_tokens"], special,
-        seed=case["seed"], options=uncached,
+        case["text_ids"],
+        case["prompt_text_ids"],
+        case["prompt_speech_tokens"],
+        special,
+        seed=case["seed"],
+        options=uncached,
     )
     assert tokens == case["tokens"]
 
@@ -208,8 +230,9 @@ def test_nucleus_cut_uses_float32_running_mass():
     # Entries 0.5 and 0.3: the float32 mass 0.8 equals float32(top_p) -> the third is cut;
     # with float64 (0.5 + 0.3 = 0.8 < 0.8000000119) it would be kept.
     probs = torch.tensor([0.5, 0.3, 0.2 - 1e-3, 1e-3])
-    draw = ras_step(probs.log(), [], allow_stop=True, eoa=3, params=RasParams(top_p=0.8),
-                    generator=torch.Generator().manual_seed(0))
+    draw = ras_step(
+        probs.log(), [], allow_stop=True, eoa=3, params=RasParams(top_p=0.8), generator=torch.Generator().manual_seed(0)
+    )
     assert draw.nucleus_size == 2
 
 

@@ -136,7 +136,9 @@ def test_vocos2d_is_torchscript_taking_frames_by_mels(tiny_checkpoint: Path) -> 
 def test_campplus_is_onnx_from_fbank_frames_to_192_floats(tiny_checkpoint: Path) -> None:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(tiny_checkpoint / "frontend" / "campplus.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tiny_checkpoint / "frontend" / "campplus.onnx"), providers=["CPUExecutionProvider"]
+    )
     first = session.get_inputs()[0]  # README: the first input, whatever its name
     out = session.run(None, {first.name: np.zeros((1, 57, 80), dtype=np.float32)})[0]
     assert np.asarray(out).reshape(-1).shape == (192,)

@@ -87,9 +87,22 @@ def test_sigkill_at_random_points_then_rerun_matches_uninterrupted_run(tmp_path:
     progress: list[int] = []  # WAVs journaled after each round
     for batch_size in (4, 1, 3, 8, 1, 5):
         proc = subprocess.Popen(
-            [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "slow", "--delay", "0.05", "--fsync",
-             "--batch-size", str(batch_size)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+            [
+                sys.executable,
+                str(DRIVER),
+                str(tasks),
+                str(out),
+                "--engine",
+                "slow",
+                "--delay",
+                "0.05",
+                "--fsync",
+                "--batch-size",
+                str(batch_size),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=ENV,
         )
         # Kill at a random moment after the run took the folder lock (startup time varies
         # with machine load; a kill before that point writes nothing worth testing).
@@ -112,7 +125,10 @@ def test_sigkill_at_random_points_then_rerun_matches_uninterrupted_run(tmp_path:
 
     final = subprocess.run(
         [sys.executable, str(DRIVER), str(tasks), str(out), "--engine", "fake", "--fsync", "--batch-size", "6"],
-        capture_output=True, text=True, env=ENV, timeout=60,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
     )
     assert final.returncode == 1, final.stderr  # the invalid lines, as in the reference run
     assert wav_hashes(out) == expected_wavs

@@ -100,7 +100,9 @@ def test_the_phoneme_dictionary_counts_by_content_not_by_path(tmp_path: Path) ->
 
 
 def test_settings_are_plain_json_and_carry_the_audio_version(tmp_path: Path) -> None:
-    settings = glmtts_settings(EngineOptions(phoneme_dict=option_changes(tmp_path)["phoneme_dict"][0]), GenerationOptions())
+    settings = glmtts_settings(
+        EngineOptions(phoneme_dict=option_changes(tmp_path)["phoneme_dict"][0]), GenerationOptions()
+    )
     assert json.loads(json.dumps(settings)) == settings
     assert settings["audio_version"] == glmtts_engine.AUDIO_VERSION
     assert settings["generation"]["ras"] == dataclasses.asdict(RasParams())
@@ -137,7 +139,11 @@ def test_espeak_settings_are_its_voices_and_its_audio_version() -> None:
     try:
         from glmtts_batch.engines import espeak
 
-        assert dict(engine.info.settings) == {"han_voice": "cmn", "latin_voice": "en", "audio_version": espeak.AUDIO_VERSION}
+        assert dict(engine.info.settings) == {
+            "han_voice": "cmn",
+            "latin_voice": "en",
+            "audio_version": espeak.AUDIO_VERSION,
+        }
     finally:
         engine.close()
 

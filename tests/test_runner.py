@@ -31,13 +31,16 @@ def run(tasks, out: Path, engine=None, **kw) -> Summary:
 
 
 def test_ok_run_writes_valid_wavs_manifest_summary_and_zip(tmp_path: Path) -> None:
-    tasks = write_tasks(tmp_path / "book.jsonl", [
-        {"input_text": "one", "output_name": "ch1"},
-        "# comment",
-        {"input_text": "two", "seed": 5},
-        "",
-        {"input_text": "three", "output_name": "ch3", "phoneme": True},
-    ])
+    tasks = write_tasks(
+        tmp_path / "book.jsonl",
+        [
+            {"input_text": "one", "output_name": "ch1"},
+            "# comment",
+            {"input_text": "two", "seed": 5},
+            "",
+            {"input_text": "three", "output_name": "ch3", "phoneme": True},
+        ],
+    )
     out = tmp_path / "out"
     s = run(tasks, out, seed=11)
     assert (s.ok, s.failed, s.invalid, s.skipped, s.exit_code) == (3, 0, 0, 0, 0)
@@ -45,7 +48,10 @@ def test_ok_run_writes_valid_wavs_manifest_summary_and_zip(tmp_path: Path) -> No
 
     records = manifest(out)
     assert [(r["line"], r["output_name"], r["status"], r["seed"]) for r in records] == [
-        (1, "ch1", "ok", 11), (3, "3", "ok", 5), (5, "ch3", "ok", 11)]
+        (1, "ch1", "ok", 11),
+        (3, "3", "ok", 5),
+        (5, "ch3", "ok", 11),
+    ]
     for r in records:
         wav = out / r["wav"]
         assert r["wav"] == f"{r['output_name']}.wav"
@@ -62,8 +68,14 @@ def test_ok_run_writes_valid_wavs_manifest_summary_and_zip(tmp_path: Path) -> No
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"ok": 3, "failed": 0, "invalid": 0, "skipped": 0}
     assert summary["audio_seconds"] == pytest.approx(0.3)
-    assert summary["engine"] == {"name": "fake", "model": "fake-v1", "sample_rate": 16000, "device": "cpu",
-                                 "clones_voice": True, "settings": {}}
+    assert summary["engine"] == {
+        "name": "fake",
+        "model": "fake-v1",
+        "sample_rate": 16000,
+        "device": "cpu",
+        "clones_voice": True,
+        "settings": {},
+    }
     assert summary["engine_stats"] == {"calls": 3}
     assert summary["exit_code"] == 0 and summary["wall_seconds"] >= 0
 
@@ -79,19 +91,27 @@ def test_ok_run_writes_valid_wavs_manifest_summary_and_zip(tmp_path: Path) -> No
 
 
 def test_invalid_lines_get_records_and_exit_1(tmp_path: Path) -> None:
-    tasks = write_tasks(tmp_path / "t.jsonl", [
-        {"input_text": "fine", "output_name": "a"},
-        "{oops",
-        {"input_text": "x", "output_name": "../etc/passwd"},
-        {"input_text": "again", "output_name": "A"},
-        {"input_text": "fine too"},
-    ])
+    tasks = write_tasks(
+        tmp_path / "t.jsonl",
+        [
+            {"input_text": "fine", "output_name": "a"},
+            "{oops",
+            {"input_text": "x", "output_name": "../etc/passwd"},
+            {"input_text": "again", "output_name": "A"},
+            {"input_text": "fine too"},
+        ],
+    )
     out = tmp_path / "out"
     s = run(tasks, out)
     assert (s.ok, s.invalid, s.exit_code) == (2, 3, 1)
     records = manifest(out)
-    assert [(r["line"], r["status"]) for r in records] == [(1, "ok"), (2, "invalid"), (3, "invalid"),
-                                                          (4, "invalid"), (5, "ok")]
+    assert [(r["line"], r["status"]) for r in records] == [
+        (1, "ok"),
+        (2, "invalid"),
+        (3, "invalid"),
+        (4, "invalid"),
+        (5, "ok"),
+    ]
     assert records[1]["error"]["type"] == "InvalidTaskError" and records[1]["error"]["field"] is None
     assert records[2]["error"]["field"] == "output_name" and records[2]["output_name"] == "../etc/passwd"
     assert "duplicate" in records[3]["error"]["message"]
@@ -120,8 +140,11 @@ def test_unexpected_exception_type_is_recorded(tmp_path: Path) -> None:
     engine = RaisingEngine({"a"}, lambda: ZeroDivisionError("division by zero"))
     s = run(tasks, tmp_path / "out", engine=engine)
     assert (s.ok, s.failed) == (1, 1)
-    assert manifest(tmp_path / "out")[0]["error"] == {"type": "ZeroDivisionError", "message": "division by zero",
-                                                      "field": None}
+    assert manifest(tmp_path / "out")[0]["error"] == {
+        "type": "ZeroDivisionError",
+        "message": "division by zero",
+        "field": None,
+    }
 
 
 @pytest.mark.parametrize("style", ["torch", "runtime"])
@@ -162,8 +185,16 @@ def test_max_failures_stops_and_records_the_rest(tmp_path: Path) -> None:
     out = tmp_path / "out"
     s = run(tasks, out, engine=engine, max_failures=2)
     records = manifest(out)
-    assert [r["status"] for r in records] == ["ok", "failed", "ok", "failed", "skipped", "skipped", "skipped",
-                                              "invalid"]
+    assert [r["status"] for r in records] == [
+        "ok",
+        "failed",
+        "ok",
+        "failed",
+        "skipped",
+        "skipped",
+        "skipped",
+        "invalid",
+    ]
     assert [r["reason"] for r in records[4:7]] == ["max_failures"] * 3
     assert all(r["wav"] is None for r in records[4:])
     assert [r.text for r in engine.requests] == ["a", "f1", "b", "f2"]  # nothing ran after the stop
@@ -191,12 +222,19 @@ def test_prompt_audio_ignored_is_logged_only_when_a_task_has_a_prompt(tmp_path: 
     log: list[str] = []
     run(plain, tmp_path / "out1", engine=WarningEngine(), log=log.append)
     assert not any("ignored" in line for line in log) and any("engine: fake" in line for line in log)
-    with_prompt = write_tasks(tmp_path / "p.jsonl", [
-        {"input_text": "a"}, {"input_text": "b", "prompt_audio": "voice.wav"}, {"input_text": "c", "prompt_audio": "voice.wav"}])
+    with_prompt = write_tasks(
+        tmp_path / "p.jsonl",
+        [
+            {"input_text": "a"},
+            {"input_text": "b", "prompt_audio": "voice.wav"},
+            {"input_text": "c", "prompt_audio": "voice.wav"},
+        ],
+    )
     log.clear()
     run(with_prompt, tmp_path / "out2", engine=WarningEngine(), log=log.append)
     assert [line for line in log if "ignored" in line] == [
-        "WARNING: engine 'fake' does not clone voices; prompt audio will be ignored (first on line 2)"]
+        "WARNING: engine 'fake' does not clone voices; prompt audio will be ignored (first on line 2)"
+    ]
 
 
 def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None:
@@ -248,8 +286,10 @@ def test_resume_skips_done_tasks_and_redoes_changed_ones(tmp_path: Path) -> None
 
 
 def test_phoneme_flag_reaches_engine_and_manifest(tmp_path: Path) -> None:
-    f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}, {"input_text": "b", "phoneme": False},
-                                           {"input_text": "c", "phoneme": True}])
+    f = write_tasks(
+        tmp_path / "t.jsonl",
+        [{"input_text": "a"}, {"input_text": "b", "phoneme": False}, {"input_text": "c", "phoneme": True}],
+    )
     out = tmp_path / "out"
     engine = FakeEngine()
     run(f, out, engine=engine)
@@ -270,8 +310,15 @@ def test_engine_settings_are_part_of_the_resume_key_and_engine_options_are_not(t
     assert run(f, out, engine=FakeEngine(settings={**fp32, "dtype": "bf16"})).ok == 2
     assert run(f, out, engine=FakeEngine(settings={**fp32, "dtype": "bf16", "phoneme_dict_sha256": "bb"})).ok == 2
     # Options the engine does not declare (espeak has no dtype) leave its key alone.
-    assert run(f, out, engine=FakeEngine(settings={**fp32, "dtype": "bf16", "phoneme_dict_sha256": "bb"}),
-               options=EngineOptions(dtype="fp16", flow_dtype="fp16")).resumed == 2
+    assert (
+        run(
+            f,
+            out,
+            engine=FakeEngine(settings={**fp32, "dtype": "bf16", "phoneme_dict_sha256": "bb"}),
+            options=EngineOptions(dtype="fp16", flow_dtype="fp16"),
+        ).resumed
+        == 2
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"]["settings"] == {"dtype": "bf16", "phoneme_dict_sha256": "bb"}
 
@@ -302,8 +349,12 @@ def test_resume_tolerates_torn_journal_and_cleans_stale_temp_files(tmp_path: Pat
 def test_iterable_tasks_base_dir_and_engine_ownership(tmp_path: Path) -> None:
     (tmp_path / "v.wav").write_bytes(b"x")
     engine = FakeEngine()
-    s = run(iter([{"input_text": "a", "prompt_audio": "v.wav"}, {"input_text": "b", "uttid": "two"}]),
-            tmp_path / "batch", engine=engine, base_dir=tmp_path)
+    s = run(
+        iter([{"input_text": "a", "prompt_audio": "v.wav"}, {"input_text": "b", "uttid": "two"}]),
+        tmp_path / "batch",
+        engine=engine,
+        base_dir=tmp_path,
+    )
     assert (s.ok, s.zip) == (2, tmp_path / "batch" / "batch.zip")
     assert engine.requests[0].prompt_audio == tmp_path / "v.wav"
     assert not engine.closed  # the caller owns an engine instance
@@ -345,11 +396,14 @@ def test_no_zip(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["zip"] is None
 
 
-@pytest.mark.parametrize(("kwargs", "words"), [
-    ({"max_failures": 0}, "max_failures"),
-    ({"seed": -1}, "seed"),
-    ({"seed": "7"}, "seed"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_failures": 0}, "max_failures"),
+        ({"seed": -1}, "seed"),
+        ({"seed": "7"}, "seed"),
+    ],
+)
 def test_bad_arguments_raise_run_error(tmp_path: Path, kwargs: dict, words: str) -> None:
     f = write_tasks(tmp_path / "t.jsonl", [{"input_text": "a"}])
     kwargs.setdefault("engine", FakeEngine())
@@ -387,8 +441,7 @@ def test_progress_log_lines_when_not_a_tty(tmp_path: Path, monkeypatch) -> None:
     f = write_tasks(tmp_path / "t.jsonl", [{"input_text": str(i)} for i in range(250)])
     err = io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
-    run_batch(f, tmp_path / "out", engine=NoOpEngine(), progress=None, fsync=False, make_zip=False,
-              log=lambda m: None)
+    run_batch(f, tmp_path / "out", engine=NoOpEngine(), progress=None, fsync=False, make_zip=False, log=lambda m: None)
     lines = [line for line in err.getvalue().splitlines() if "lines," in line]
     assert [line.split()[1] for line in lines] == ["100/250", "200/250", "250/250"]
     assert "ok=250" in lines[-1] and "audio s/s" in lines[-1]
@@ -438,7 +491,9 @@ def test_second_signal_abandons_the_task_even_if_the_engine_swallows_it(tmp_path
     records = manifest(out)
     # line 3 is not read after the signal: no record, counted in unread_lines
     assert [(r["status"], r["reason"], r["wav"]) for r in records] == [
-        ("ok", None, "1.wav"), ("skipped", "interrupted", None)]
+        ("ok", None, "1.wav"),
+        ("skipped", "interrupted", None),
+    ]
     assert sorted(p.name for p in out.glob("*.wav")) == ["1.wav"]
     journal = (out / ".glmtts-batch" / "journal.jsonl").read_text().splitlines()
     assert [json.loads(x)["output_name"] for x in journal] == ["1"]  # the abandoned task is not journaled
@@ -448,16 +503,23 @@ def test_second_signal_abandons_the_task_even_if_the_engine_swallows_it(tmp_path
 
 def test_lone_surrogates_are_invalid_lines_and_the_run_completes(tmp_path: Path) -> None:
     f = tmp_path / "t.jsonl"
-    f.write_text('{"input_text": "hello \\ud800 there"}\n'
-                 '{"input_text": "x", "output_name": "\\udc80"}\n'
-                 '{"input_text": "x", "\\udfff": 1}\n'
-                 '{"input_text": "fine"}\n', encoding="ascii")
+    f.write_text(
+        '{"input_text": "hello \\ud800 there"}\n'
+        '{"input_text": "x", "output_name": "\\udc80"}\n'
+        '{"input_text": "x", "\\udfff": 1}\n'
+        '{"input_text": "fine"}\n',
+        encoding="ascii",
+    )
     out = tmp_path / "out"
     s = run(f, out)
     assert (s.ok, s.invalid, s.exit_code) == (1, 3, 1)
     records = manifest(out)
     assert [(r["line"], r["status"], r["error"] and r["error"]["field"]) for r in records] == [
-        (1, "invalid", "input_text"), (2, "invalid", "output_name"), (3, "invalid", "\\udfff"), (4, "ok", None)]
+        (1, "invalid", "input_text"),
+        (2, "invalid", "output_name"),
+        (3, "invalid", "\\udfff"),
+        (4, "ok", None),
+    ]
     assert "lone surrogate" in records[0]["error"]["message"]
     assert records[1]["output_name"] == "\\udc80"  # kept, as printable backslash text
     assert json.loads((out / "summary.json").read_text())["counts"]["invalid"] == 3
@@ -478,7 +540,10 @@ def test_invalid_line_with_the_default_name_keeps_it(tmp_path: Path) -> None:
     f = write_tasks(tmp_path / "t.jsonl", [{"input_text": ""}, "{bad", {"input_text": 3, "uttid": "u"}])
     run(f, tmp_path / "out")
     assert [(r["status"], r["output_name"]) for r in manifest(tmp_path / "out")] == [
-        ("invalid", "1"), ("invalid", None), ("invalid", "u")]
+        ("invalid", "1"),
+        ("invalid", None),
+        ("invalid", "u"),
+    ]
 
 
 def test_task_file_from_a_pipe_is_read_once(tmp_path: Path) -> None:
@@ -509,10 +574,13 @@ def test_a_file_this_tool_did_not_write_is_never_replaced(tmp_path: Path) -> Non
     """`--out .` beside narrator.wav with output_name "narrator" must not overwrite the prompt."""
     narrator = tmp_path / "narrator.wav"
     narrator.write_bytes(b"the user's recording")
-    f = write_tasks(tmp_path / "t.jsonl", [
-        {"input_text": "a", "output_name": "narrator", "prompt_audio": "narrator.wav"},
-        {"input_text": "b", "output_name": "mine"},
-    ])
+    f = write_tasks(
+        tmp_path / "t.jsonl",
+        [
+            {"input_text": "a", "output_name": "narrator", "prompt_audio": "narrator.wav"},
+            {"input_text": "b", "output_name": "mine"},
+        ],
+    )
     engine = FakeEngine()
     s = run(f, tmp_path, engine=engine)
     assert (s.ok, s.failed, s.exit_code) == (1, 1, 1)
@@ -557,8 +625,9 @@ def test_start_up_os_errors_are_run_errors_naming_the_path(tmp_path: Path) -> No
 
 def test_the_engine_gets_each_prompts_hash_so_it_is_read_once(tmp_path: Path) -> None:
     (tmp_path / "voice.wav").write_bytes(b"prompt bytes")
-    tasks = write_tasks(tmp_path / "t.jsonl", [{"input_text": t, "prompt_audio": "voice.wav"} for t in "abc"]
-                        + [{"input_text": "d"}])
+    tasks = write_tasks(
+        tmp_path / "t.jsonl", [{"input_text": t, "prompt_audio": "voice.wav"} for t in "abc"] + [{"input_text": "d"}]
+    )
     engine = FakeEngine()
     run(tasks, tmp_path / "out", engine=engine)
     expected = hashlib.sha256(b"prompt bytes").hexdigest()

@@ -32,8 +32,9 @@ def test_cancel_in_a_worker_thread_finishes_the_current_task_and_reads_no_furthe
     tasks = [{"input_text": f"line {i}", "output_name": f"t{i}"} for i in range(8)]
 
     def work() -> None:  # off the main thread: no signal handler can be installed there
-        result["summary"] = run_batch(tasks, tmp_path / "out", engine=engine, progress=False, fsync=False,
-                                      cancel=cancel, on_record=records.append)
+        result["summary"] = run_batch(
+            tasks, tmp_path / "out", engine=engine, progress=False, fsync=False, cancel=cancel, on_record=records.append
+        )
 
     worker = threading.Thread(target=work)
     worker.start()
@@ -50,15 +51,28 @@ def test_cancel_set_before_the_run_runs_nothing(tmp_path: Path) -> None:
     cancel = threading.Event()
     cancel.set()
     engine = FakeEngine()
-    summary = run_batch([{"input_text": "a"}, {"input_text": "b"}], tmp_path / "out", engine=engine,
-                        progress=False, fsync=False, cancel=cancel)
+    summary = run_batch(
+        [{"input_text": "a"}, {"input_text": "b"}],
+        tmp_path / "out",
+        engine=engine,
+        progress=False,
+        fsync=False,
+        cancel=cancel,
+    )
     assert (summary.ok, summary.skipped, summary.unread_lines, summary.exit_code) == (0, 0, 2, 143)
     assert engine.requests == []
 
 
 def test_an_unset_cancel_changes_nothing(tmp_path: Path) -> None:
     records: list[dict] = []
-    summary = run_batch([{"input_text": "a"}, {"input_text": ""}], tmp_path / "out", engine=FakeEngine(),
-                        progress=False, fsync=False, cancel=threading.Event(), on_record=records.append)
+    summary = run_batch(
+        [{"input_text": "a"}, {"input_text": ""}],
+        tmp_path / "out",
+        engine=FakeEngine(),
+        progress=False,
+        fsync=False,
+        cancel=threading.Event(),
+        on_record=records.append,
+    )
     assert (summary.ok, summary.invalid, summary.exit_code, summary.interrupted) == (1, 1, 1, None)
     assert [r["status"] for r in records] == ["ok", "invalid"]

@@ -114,8 +114,11 @@ def reference_draws(case: Case, n: int, seed: int) -> torch.Tensor:
 
 def chi2_sf(statistic: float, df: int) -> float:
     """P(X >= statistic) for X ~ chi-square(df): the regularised upper incomplete gamma."""
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
-                                         torch.tensor(statistic / 2, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(
+            torch.tensor(df / 2, dtype=torch.float64), torch.tensor(statistic / 2, dtype=torch.float64)
+        )
+    )
 
 
 def pooled_bins(expected: torch.Tensor) -> list[list[int]]:
@@ -182,8 +185,11 @@ WrongSampler = Callable[[Case, int, int], torch.Tensor]
 
 def _nucleus_only(case: Case, n: int, seed: int) -> torch.Tensor:
     """RAS without its fallback."""
-    return ras_sample(case.logits.expand(n, -1).clone(), torch.empty(n, 0, dtype=torch.long),
-                      generator=torch.Generator().manual_seed(seed))[0]
+    return ras_sample(
+        case.logits.expand(n, -1).clone(),
+        torch.empty(n, 0, dtype=torch.long),
+        generator=torch.Generator().manual_seed(seed),
+    )[0]
 
 
 def _eoa_mass_to_the_top_id(case: Case, n: int, seed: int) -> torch.Tensor:

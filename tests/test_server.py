@@ -27,11 +27,11 @@ import soundfile as sf
 httpx = pytest.importorskip("httpx", reason="the server tests need httpx (test extra)")
 pytest.importorskip("fastapi", reason="the server tests need the server extra")
 
-from glmtts_batch import run_batch
-from glmtts_batch.engines.base import SynthesisRequest
-from glmtts_batch.engines.espeak import EspeakEngine
-from glmtts_batch.manifest import RUN_DEPENDENT_KEYS
-from glmtts_batch.writers import WavWriter
+from glmtts_batch import run_batch  # noqa: E402 - after the skips: the server extra may be absent
+from glmtts_batch.engines.base import SynthesisRequest  # noqa: E402 - after the skips: the server extra may be absent
+from glmtts_batch.engines.espeak import EspeakEngine  # noqa: E402 - after the skips: the server extra may be absent
+from glmtts_batch.manifest import RUN_DEPENDENT_KEYS  # noqa: E402 - after the skips: the server extra may be absent
+from glmtts_batch.writers import WavWriter  # noqa: E402 - after the skips: the server extra may be absent
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -61,8 +61,21 @@ class Server:
         self.log = jobs_dir.parent / f"server-{self.port}.log"
 
     def start(self) -> Server:
-        cmd = [sys.executable, "-m", "glmtts_batch", "serve", "--engine", "espeak", "--host", "127.0.0.1",
-               "--port", str(self.port), "--jobs-dir", str(self.jobs_dir), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "glmtts_batch",
+            "serve",
+            "--engine",
+            "espeak",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--jobs-dir",
+            str(self.jobs_dir),
+            *self.args,
+        ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 60
@@ -91,8 +104,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(workdir: Path) -> Iterator[Server]:
     token_file = workdir / "token"
     token_file.write_text(TOKEN + "\n")
-    srv = Server(workdir / "jobs", "--token-file", str(token_file), "--max-file-mb", "0.25",
-                 "--max-job-mb", "1")
+    srv = Server(workdir / "jobs", "--token-file", str(token_file), "--max-file-mb", "0.25", "--max-job-mb", "1")
     try:
         yield srv.start()
     finally:
@@ -163,11 +175,19 @@ def wav_digests(folder: Path) -> dict[str, str]:
 
 def test_submit_poll_download_equals_what_run_writes(client: httpx.Client, tmp_path: Path) -> None:
     voice = prompt_wav(tmp_path / "narrator.wav")
-    tasks = write_tasks(tmp_path / "chapter.jsonl", [
-        {"input_text": "Chapter one.", "prompt_audio": "narrator.wav", "prompt_text": "Hello.", "output_name": "c1"},
-        {"input_text": "It was a bright cold day in April.", "seed": 7},
-        {"input_text": "中文和 English 混合。", "output_name": "mixed"},
-    ])
+    tasks = write_tasks(
+        tmp_path / "chapter.jsonl",
+        [
+            {
+                "input_text": "Chapter one.",
+                "prompt_audio": "narrator.wav",
+                "prompt_text": "Hello.",
+                "output_name": "c1",
+            },
+            {"input_text": "It was a bright cold day in April.", "seed": 7},
+            {"input_text": "中文和 English 混合。", "output_name": "mixed"},
+        ],
+    )
     answer = submit(client, tasks, voice)
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
@@ -180,9 +200,25 @@ def test_submit_poll_download_equals_what_run_writes(client: httpx.Client, tmp_p
     assert job["progress"] == 1.0 and job["audio_seconds"] > 0
 
     reference = tmp_path / "reference"
-    run = subprocess.run([sys.executable, "-m", "glmtts_batch", "run", str(tasks), "--engine", "espeak",
-                          "--out", str(reference), "--no-progress"], check=False, env=ENV, capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glmtts_batch",
+            "run",
+            str(tasks),
+            "--engine",
+            "espeak",
+            "--out",
+            str(reference),
+            "--no-progress",
+        ],
+        check=False,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
 
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/jobs/{job_id}/zip").raise_for_status().content))
@@ -211,8 +247,11 @@ def test_a_json_body_job_runs_like_a_file(client: httpx.Client) -> None:
 def test_json_body_limits_and_bad_lines_get_400(client: httpx.Client) -> None:
     too_many = client.post("/v1/jobs", json={"tasks": [{"input_text": "x"}] * 10_001})
     assert too_many.status_code == 400 and "--max-lines" in too_many.json()["error"]
-    surrogate = client.post("/v1/jobs", content='{"tasks": [{"input_text": "ok"}, {"input_text": "\\ud800"}]}',
-                            headers={"content-type": "application/json"})
+    surrogate = client.post(
+        "/v1/jobs",
+        content='{"tasks": [{"input_text": "ok"}, {"input_text": "\\ud800"}]}',
+        headers={"content-type": "application/json"},
+    )
     assert surrogate.status_code == 400, surrogate.text
     assert [(p["line"], p["field"]) for p in surrogate.json()["problems"]] == [(2, "input_text")]
     assert client.post("/v1/jobs", json={"tasks": [], "bogus": 1}).status_code == 400
@@ -220,25 +259,34 @@ def test_json_body_limits_and_bad_lines_get_400(client: httpx.Client) -> None:
 
 def test_path_tricks_in_an_uploaded_task_file_get_400_naming_each_line(client: httpx.Client, tmp_path: Path) -> None:
     voice = prompt_wav(tmp_path / "voice.wav")
-    tasks = write_tasks(tmp_path / "tricks.jsonl", [
-        {"input_text": "fine", "prompt_audio": "voice.wav", "prompt_text": "x"},
-        {"input_text": "up", "prompt_audio": "../../queue.sqlite3"},
-        {"input_text": "abs", "prompt_audio": str(voice)},
-        {"input_text": "home", "prompt_audio": "~/voice.wav"},
-        {"input_text": "folder", "prompt_speech": "input/voice.wav"},
-        {"input_text": "absent", "prompt_audio": "other.wav"},
-        {"input_text": 5},
-    ])
+    tasks = write_tasks(
+        tmp_path / "tricks.jsonl",
+        [
+            {"input_text": "fine", "prompt_audio": "voice.wav", "prompt_text": "x"},
+            {"input_text": "up", "prompt_audio": "../../queue.sqlite3"},
+            {"input_text": "abs", "prompt_audio": str(voice)},
+            {"input_text": "home", "prompt_audio": "~/voice.wav"},
+            {"input_text": "folder", "prompt_speech": "input/voice.wav"},
+            {"input_text": "absent", "prompt_audio": "other.wav"},
+            {"input_text": 5},
+        ],
+    )
     before = len(client.get("/v1/jobs").json()["jobs"])
     answer = submit(client, tasks, voice)
     assert answer.status_code == 400, answer.text
     body = answer.json()
     assert [(p["line"], p["field"]) for p in body["problems"]] == [
-        (2, "prompt_audio"), (3, "prompt_audio"), (4, "prompt_audio"), (5, "prompt_speech"), (6, "prompt_audio"),
+        (2, "prompt_audio"),
+        (3, "prompt_audio"),
+        (4, "prompt_audio"),
+        (5, "prompt_speech"),
+        (6, "prompt_audio"),
         (7, "input_text"),
     ]
     assert (body["valid"], body["invalid"]) == (1, 6)
-    assert "line 2: invalid [prompt_audio] InvalidTaskError: line 2: prompt_audio '../../queue.sqlite3'" in body["report"]
+    assert (
+        "line 2: invalid [prompt_audio] InvalidTaskError: line 2: prompt_audio '../../queue.sqlite3'" in body["report"]
+    )
     assert "'..'" in body["report"] and "absolute path" in body["report"] and "folder" in body["report"]
     assert "line 7: invalid [input_text]" in body["report"]
     assert str(tmp_path.parent) not in answer.text.replace(str(voice), "")  # no server paths leak
@@ -272,7 +320,8 @@ def test_oversize_uploads_get_413_naming_the_limit(client: httpx.Client, tmp_pat
     answer = client.post("/v1/jobs", files=[("tasks", ("t.jsonl", tasks.read_bytes())), big_file])
     assert answer.status_code == 413 and "--max-file-mb" in answer.json()["error"]
     whole = [("tasks", ("t.jsonl", tasks.read_bytes()))] + [
-        ("files", (f"p{i}.wav", b"\0" * 200_000, "audio/wav")) for i in range(6)  # 1.2 MB > --max-job-mb 1
+        ("files", (f"p{i}.wav", b"\0" * 200_000, "audio/wav"))
+        for i in range(6)  # 1.2 MB > --max-job-mb 1
     ]
     answer = client.post("/v1/jobs", files=whole)
     assert answer.status_code == 413 and "--max-job-mb" in answer.json()["error"]
@@ -301,8 +350,11 @@ def test_cancel_stops_a_running_job_like_sigterm_and_drops_a_queued_one(client: 
 
 def test_20_concurrent_speech_requests_each_get_their_own_audio(client: httpx.Client, tmp_path: Path) -> None:
     voice = prompt_wav(tmp_path / "v.wav")
-    created = client.post("/v1/voices", files={"audio": ("v.wav", voice.read_bytes(), "audio/wav")},
-                          data={"transcript": "A tone.", "name": "tone"})
+    created = client.post(
+        "/v1/voices",
+        files={"audio": ("v.wav", voice.read_bytes(), "audio/wav")},
+        data={"transcript": "A tone.", "name": "tone"},
+    )
     assert created.status_code == 201, created.text
     voice_id = created.json()["id"]
     assert voice_id in [v["id"] for v in client.get("/v1/voices").json()["voices"]]
@@ -311,8 +363,9 @@ def test_20_concurrent_speech_requests_each_get_their_own_audio(client: httpx.Cl
 
     texts = [f"Request number {i} says {i * 7} words." for i in range(20)]
     local = EspeakEngine()
-    expected = [WavWriter().encode(local.synthesize(SynthesisRequest(t, None, None, seed=0)).audio, 24000)[0]
-                for t in texts]
+    expected = [
+        WavWriter().encode(local.synthesize(SynthesisRequest(t, None, None, seed=0)).audio, 24000)[0] for t in texts
+    ]
 
     def ask(text: str) -> bytes:
         r = client.post("/v1/audio/speech", json={"input": text, "voice": voice_id, "model": "glm-tts", "seed": 1})
@@ -329,8 +382,10 @@ def test_20_concurrent_speech_requests_each_get_their_own_audio(client: httpx.Cl
 
     bad = client.post("/v1/audio/speech", json={"input": "x", "voice": "no-such-voice"})
     assert bad.status_code == 400 and bad.json()["field"] == "voice"
-    assert client.post("/v1/audio/speech", json={"input": "x", "voice": voice_id, "response_format": "mp3"}
-                       ).status_code == 400
+    assert (
+        client.post("/v1/audio/speech", json={"input": "x", "voice": voice_id, "response_format": "mp3"}).status_code
+        == 400
+    )
     assert client.delete(f"/v1/voices/{voice_id}").status_code == 200
     assert client.post("/v1/audio/speech", json={"input": "x", "voice": voice_id}).status_code == 400
 
@@ -397,8 +452,25 @@ def test_sigterm_then_sigkill_mid_job_then_restart_resumes_with_identical_wavs_a
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "example.org"])
 def test_a_non_loopback_bind_without_a_token_file_is_refused(tmp_path: Path, host: str) -> None:
-    run = subprocess.run([sys.executable, "-m", "glmtts_batch", "serve", "--engine", "espeak", "--host", host,
-                          "--jobs-dir", str(tmp_path / "jobs")], check=False, env=ENV, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glmtts_batch",
+            "serve",
+            "--engine",
+            "espeak",
+            "--host",
+            host,
+            "--jobs-dir",
+            str(tmp_path / "jobs"),
+        ],
+        check=False,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2
     assert f"refusing to bind '{host}' without --token-file" in run.stderr
     assert not (tmp_path / "jobs").exists()  # refused before anything was created or loaded
@@ -433,14 +505,25 @@ def test_glmtts_voice_features_are_cached_and_speech_equals_the_engine(tiny_chec
     from glmtts_batch.glmtts.engine import GlmTtsEngine
 
     voice = write_voice(tmp_path / "narrator.wav")
-    srv = Server(tmp_path / "jobs", "--engine", "glmtts", "--model-dir", str(tiny_checkpoint), "--device", "cpu",
-                 env={"OMP_NUM_THREADS": "1"})  # tiny matrices: threads cost more than they give
+    srv = Server(
+        tmp_path / "jobs",
+        "--engine",
+        "glmtts",
+        "--model-dir",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        env={"OMP_NUM_THREADS": "1"},
+    )  # tiny matrices: threads cost more than they give
     try:
         srv.start()
         with httpx.Client(base_url=srv.url, timeout=120) as c:
             assert c.get("/healthz").json()["engine"] == "glmtts"
-            created = c.post("/v1/voices", files={"audio": ("narrator.wav", voice.read_bytes(), "audio/wav")},
-                             data={"transcript": "你好。"})
+            created = c.post(
+                "/v1/voices",
+                files={"audio": ("narrator.wav", voice.read_bytes(), "audio/wav")},
+                data={"transcript": "你好。"},
+            )
             assert created.status_code == 201, created.text
             assert engine_stat(c, "prompt_cache_misses") == 1  # features computed when the voice was made
             answer = c.post("/v1/audio/speech", json={"input": "你好", "voice": created.json()["id"], "seed": 5})

@@ -29,7 +29,10 @@ def write_tasks(path: Path, n: int) -> Path:
 def start(tasks: Path, out: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(DRIVER), str(tasks), str(out), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
 
 
@@ -118,7 +121,10 @@ def test_signal_stops_a_run_whose_pipe_never_sends_more(tmp_path: Path, sig: int
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, str(DRIVER), "/dev/stdin", str(out), "--engine", "fake"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
     )
     try:
         assert proc.stdin is not None
@@ -198,8 +204,9 @@ def test_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
 def test_stale_lock_file_from_a_dead_pid(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / ".glmtts-batch").mkdir(parents=True)
-    (out / ".glmtts-batch" / "lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": "elsewhere",
-                                                             "started": "yesterday"}))
+    (out / ".glmtts-batch" / "lock").write_text(
+        json.dumps({"pid": 2**22 + 12345, "host": "elsewhere", "started": "yesterday"})
+    )
     lock = OutputLock(out)
     lock.acquire()
     try:

@@ -46,7 +46,9 @@ def golden_tokenizer(golden: dict) -> SpeechTokenizer:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_speech_tokenizer(tmp_path_factory.mktemp("tiny_speech_tokenizer"), SpeechTokenizerConfig.tiny(), seed=7)
+    return write_random_speech_tokenizer(
+        tmp_path_factory.mktemp("tiny_speech_tokenizer"), SpeechTokenizerConfig.tiny(), seed=7
+    )
 
 
 @pytest.fixture(scope="module")

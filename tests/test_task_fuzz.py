@@ -18,8 +18,18 @@ from hypothesis import strategies as st
 
 from glmtts_batch import check_tasks, run_batch
 
-KEYS = ["input_text", "syn_text", "prompt_audio", "prompt_speech", "prompt_text", "output_name", "uttid",
-        "seed", "phoneme", "bogus"]
+KEYS = [
+    "input_text",
+    "syn_text",
+    "prompt_audio",
+    "prompt_speech",
+    "prompt_text",
+    "output_name",
+    "uttid",
+    "seed",
+    "phoneme",
+    "bogus",
+]
 
 # Text without newlines (a line) and without lone surrogates (not encodable as UTF-8).
 line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=30)
@@ -27,18 +37,29 @@ line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_charac
 # default ensure_ascii), a line can carry them although the file itself is valid UTF-8.
 any_text = st.text(st.characters(), max_size=12)
 json_scalar = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False), line_text, any_text,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    line_text,
+    any_text,
     st.sampled_from(["\ud800", "a\udc80b", "nul\x00", "esc\x1b", "\x7f", "tab\tnl\ncr\r", "\ud83d\ude00"]),
     st.sampled_from(["p.wav", "missing.wav", "../x", "a", "A", "con", "1", ".", "", " "]),
 )
-json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3), max_leaves=5)
+json_value = st.recursive(
+    json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3), max_leaves=5
+)
 task_object = st.dictionaries(st.sampled_from(KEYS), json_value, max_size=5).map(
-    lambda d: d if "input_text" in d or "syn_text" in d else {**d, "input_text": "hello"})
+    lambda d: d if "input_text" in d or "syn_text" in d else {**d, "input_text": "hello"}
+)
 valid_task = st.fixed_dictionaries(
     {"input_text": st.sampled_from(["hi", "你好", "x y"])},
-    optional={"output_name": st.sampled_from(["a", "b", "A", "c1", "../c", "d"]), "seed": st.integers(0, 5),
-              "phoneme": st.booleans(), "prompt_audio": st.sampled_from(["p.wav", "missing.wav"])},
+    optional={
+        "output_name": st.sampled_from(["a", "b", "A", "c1", "../c", "d"]),
+        "seed": st.integers(0, 5),
+        "phoneme": st.booleans(),
+        "prompt_audio": st.sampled_from(["p.wav", "missing.wav"]),
+    },
 )
 # One string field set to text a UTF-8 writer or espeak-ng would choke on, the rest valid.
 nasty_text = st.one_of(
@@ -59,8 +80,9 @@ def _utf8(text: str) -> bytes:
 line = st.one_of(
     line_text.map(_utf8),  # garbage, blanks, comments
     st.sampled_from(["", "   ", "# comment", "\t# indented", "{}", "[]", "null", "{", '"x"', "\r"]).map(_utf8),
-    task_object.filter(lambda d: not any("\ud800" <= c <= "\udfff" for c in json.dumps(d, ensure_ascii=False)))
-    .map(lambda d: _utf8(json.dumps(d, ensure_ascii=False))),
+    task_object.filter(lambda d: not any("\ud800" <= c <= "\udfff" for c in json.dumps(d, ensure_ascii=False))).map(
+        lambda d: _utf8(json.dumps(d, ensure_ascii=False))
+    ),
     task_object.map(lambda d: _utf8(json.dumps(d))),  # \uXXXX escapes: surrogates, controls
     nasty_task.map(lambda d: _utf8(json.dumps(d))),
     st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),  # raw bytes, often not UTF-8
@@ -96,10 +118,19 @@ def test_run_accounts_for_every_line(lines: list[bytes], crlf: bool, bom: bool) 
         tasks = root / "tasks.jsonl"
         tasks.write_bytes(data)
 
-        summary = run_batch(tasks, root / "out", engine=FakeEngine(samples=8), progress=False, fsync=False,
-                            make_zip=False, log=lambda m: None)
+        summary = run_batch(
+            tasks,
+            root / "out",
+            engine=FakeEngine(samples=8),
+            progress=False,
+            fsync=False,
+            make_zip=False,
+            log=lambda m: None,
+        )
         # strict UTF-8: every record is encodable, whatever the line held
-        records = [json.loads(x) for x in (root / "out" / "manifest.jsonl").read_text(encoding="utf-8").split("\n")[:-1]]
+        records = [
+            json.loads(x) for x in (root / "out" / "manifest.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+        ]
 
         assert [r["line"] for r in records] == expected_lines(data)
         statuses = [r["status"] for r in records]

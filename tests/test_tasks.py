@@ -38,16 +38,35 @@ def test_fields_aliases_defaults_and_relative_paths(tmp_path: Path, prompt: Path
     sub = tmp_path / "prompts"
     sub.mkdir()
     (sub / "p.wav").write_bytes(b"x")
-    f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "hello", "prompt_audio": "voice.wav", "prompt_text": "hi", "output_name": "a",
-                    "seed": 7, "phoneme": True}),
-        json.dumps({"syn_text": "world", "prompt_speech": "prompts/p.wav", "uttid": "b"}),
-        json.dumps({"input_text": "no name"}),
-        json.dumps({"input_text": "numeric id", "uttid": 42, "phoneme": False}),
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps(
+                {
+                    "input_text": "hello",
+                    "prompt_audio": "voice.wav",
+                    "prompt_text": "hi",
+                    "output_name": "a",
+                    "seed": 7,
+                    "phoneme": True,
+                }
+            ),
+            json.dumps({"syn_text": "world", "prompt_speech": "prompts/p.wav", "uttid": "b"}),
+            json.dumps({"input_text": "no name"}),
+            json.dumps({"input_text": "numeric id", "uttid": 42, "phoneme": False}),
+        ],
+    )
     a, b, c, d = read(f)
-    assert a == Task(line=1, text="hello", output_name="a", prompt_audio=prompt, prompt_text="hi", seed=7, phoneme=True,
-                     prompt_base="task_file_dir")
+    assert a == Task(
+        line=1,
+        text="hello",
+        output_name="a",
+        prompt_audio=prompt,
+        prompt_text="hi",
+        seed=7,
+        phoneme=True,
+        prompt_base="task_file_dir",
+    )
     assert (b.text, b.output_name, b.prompt_audio, b.seed, b.phoneme) == ("world", "b", sub / "p.wav", None, None)
     assert c.output_name == "3"  # default name: the line number
     assert d.output_name == "42"
@@ -65,14 +84,19 @@ def test_relative_prompt_resolves_against_task_file_folder_not_cwd(tmp_path: Pat
 
 
 def test_bom_crlf_blank_and_comment_lines_keep_physical_line_numbers(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "first", "output_name": "one"}),
-        "",
-        "   ",
-        "# a comment",
-        "  # indented comment",
-        json.dumps({"input_text": "second"}),
-    ], newline="\r\n", bom=True)
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"input_text": "first", "output_name": "one"}),
+            "",
+            "   ",
+            "# a comment",
+            "  # indented comment",
+            json.dumps({"input_text": "second"}),
+        ],
+        newline="\r\n",
+        bom=True,
+    )
     items = read(f)
     assert [(i.line, i.output_name, i.text) for i in items] == [(1, "one", "first"), (6, "6", "second")]
     assert all("\r" not in i.text for i in items)
@@ -113,8 +137,12 @@ BAD_LINES = [
     ('{"input_text": "x", "speaker": "bob"}', "speaker", InvalidTaskError, "unknown field 'speaker'"),
     ('{"input_txt": "x"}', "input_txt", InvalidTaskError, "unknown field 'input_txt'"),
     ('{"input_text": "x", "syn_text": "y"}', "input_text", InvalidTaskError, "both 'syn_text'"),
-    ('{"prompt_speech": "a.wav", "prompt_audio": "a.wav", "input_text": "x"}', "prompt_audio", InvalidTaskError,
-     "both 'prompt_speech'"),
+    (
+        '{"prompt_speech": "a.wav", "prompt_audio": "a.wav", "input_text": "x"}',
+        "prompt_audio",
+        InvalidTaskError,
+        "both 'prompt_speech'",
+    ),
     ('{"input_text": "x", "output_name": "n", "uttid": "n"}', "output_name", InvalidTaskError, "both 'uttid'"),
     # JSON can spell lone surrogates, which nothing downstream can encode as UTF-8
     ('{"input_text": "hello \\ud800 there"}', "input_text", InvalidTaskError, "lone surrogate U+D800"),
@@ -153,10 +181,34 @@ def test_invalid_utf8_is_one_bad_line(tmp_path: Path) -> None:
     assert isinstance(ok, Task) and ok.line == 2
 
 
-@pytest.mark.parametrize("name", [
-    "../x", "..", ".", "/abs", "a/b", "a\\b", "", "x\x00y", "x\ny", "tab\there", "\x7f", ".hidden",
-    "trailing.", "trailing ", " leading", "CON", "con.txt", "Lpt1", "a:b", "what?", "a*b", "<x>", "x" * 201,
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "..",
+        ".",
+        "/abs",
+        "a/b",
+        "a\\b",
+        "",
+        "x\x00y",
+        "x\ny",
+        "tab\there",
+        "\x7f",
+        ".hidden",
+        "trailing.",
+        "trailing ",
+        " leading",
+        "CON",
+        "con.txt",
+        "Lpt1",
+        "a:b",
+        "what?",
+        "a*b",
+        "<x>",
+        "x" * 201,
+    ],
+)
 def test_unsafe_output_names_are_rejected(tmp_path: Path, name: str) -> None:
     f = write_lines(tmp_path / "t.jsonl", [json.dumps({"input_text": "x", "output_name": name})])
     (bad,) = read(f)
@@ -173,20 +225,32 @@ def test_safe_output_names_are_accepted(tmp_path: Path, name: str) -> None:
 
 
 def test_duplicate_names_case_insensitive_and_against_defaults(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "a", "output_name": "Intro"}),
-        json.dumps({"input_text": "b", "output_name": "intro"}),
-        json.dumps({"input_text": "c", "uttid": "INTRO"}),
-        json.dumps({"input_text": "d", "output_name": "Stra\u00dfe"}),
-        json.dumps({"input_text": "e", "output_name": "STRASSE"}),  # casefold: ß == ss
-        json.dumps({"input_text": "f", "output_name": "e\u0301"}),
-        json.dumps({"input_text": "g", "output_name": "\u00e9"}),  # NFC-equal to the previous one
-        json.dumps({"input_text": "h", "output_name": "9"}),
-        json.dumps({"input_text": "i"}),  # default name "9" is taken by line 8
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"input_text": "a", "output_name": "Intro"}),
+            json.dumps({"input_text": "b", "output_name": "intro"}),
+            json.dumps({"input_text": "c", "uttid": "INTRO"}),
+            json.dumps({"input_text": "d", "output_name": "Stra\u00dfe"}),
+            json.dumps({"input_text": "e", "output_name": "STRASSE"}),  # casefold: ß == ss
+            json.dumps({"input_text": "f", "output_name": "e\u0301"}),
+            json.dumps({"input_text": "g", "output_name": "\u00e9"}),  # NFC-equal to the previous one
+            json.dumps({"input_text": "h", "output_name": "9"}),
+            json.dumps({"input_text": "i"}),  # default name "9" is taken by line 8
+        ],
+    )
     items = read(f)
     assert [type(i).__name__ for i in items] == [
-        "Task", "InvalidLine", "InvalidLine", "Task", "InvalidLine", "Task", "InvalidLine", "Task", "InvalidLine"]
+        "Task",
+        "InvalidLine",
+        "InvalidLine",
+        "Task",
+        "InvalidLine",
+        "Task",
+        "InvalidLine",
+        "Task",
+        "InvalidLine",
+    ]
     for bad, first in zip([items[1], items[2], items[4], items[6], items[8]], [1, 1, 4, 6, 8]):
         assert bad.error.field == "output_name"
         assert "duplicate output_name" in str(bad.error) and f"line {first}" in str(bad.error)
@@ -194,10 +258,12 @@ def test_duplicate_names_case_insensitive_and_against_defaults(tmp_path: Path) -
 
 def test_iterable_of_dicts(tmp_path: Path) -> None:
     (tmp_path / "p.wav").write_bytes(b"x")
-    items = list(iter_task_dicts(
-        [{"input_text": "a", "prompt_audio": "p.wav"}, "not a mapping", {"syn_text": "b", "uttid": "x"}],
-        base_dir=tmp_path,
-    ))
+    items = list(
+        iter_task_dicts(
+            [{"input_text": "a", "prompt_audio": "p.wav"}, "not a mapping", {"syn_text": "b", "uttid": "x"}],
+            base_dir=tmp_path,
+        )
+    )
     assert isinstance(items[0], Task) and items[0].line == 1 and items[0].prompt_audio == tmp_path / "p.wav"
     assert items[0].output_name == "1"
     assert isinstance(items[1], InvalidLine) and items[1].line == 2 and "JSON object" in str(items[1].error)
@@ -218,10 +284,13 @@ def test_iterable_reader_is_lazy() -> None:
 
 
 def test_text_may_hold_tabs_newlines_and_escaped_surrogate_pairs(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "t.jsonl", [
-        '{"input_text": "a\\tb\\nc\\r\\n", "prompt_text": "p\\tq"}',
-        '{"input_text": "smile \\ud83d\\ude00", "output_name": "\\ud83d\\ude00"}',  # a pair is one character
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            '{"input_text": "a\\tb\\nc\\r\\n", "prompt_text": "p\\tq"}',
+            '{"input_text": "smile \\ud83d\\ude00", "output_name": "\\ud83d\\ude00"}',  # a pair is one character
+        ],
+    )
     a, b = read(f)
     assert isinstance(a, Task) and a.text == "a\tb\nc\r\n" and a.prompt_text == "p\tq"
     assert isinstance(b, Task) and b.text == "smile \U0001f600" and b.output_name == "\U0001f600"
@@ -233,11 +302,15 @@ def test_overlong_line_is_one_invalid_line_read_in_bounded_chunks(tmp_path: Path
     longest_ok = '{"input_text": "y"' + " " * (MAX_LINE_BYTES - 19) + "}"  # exactly the limit, with a CRLF ending
     assert len(longest_ok) == MAX_LINE_BYTES
     f = tmp_path / "t.jsonl"
-    f.write_bytes(b'{"input_text": "first"}\n'
-                  + json.dumps({"input_text": "x" * (2 << 20)}).encode() + b"\n"
-                  + b'{"input_text": "third"}\n'
-                  + longest_ok.encode() + b"\r\n"
-                  + b"z" * (MAX_LINE_BYTES + 1))  # one byte too many, and no final newline
+    f.write_bytes(
+        b'{"input_text": "first"}\n'
+        + json.dumps({"input_text": "x" * (2 << 20)}).encode()
+        + b"\n"
+        + b'{"input_text": "third"}\n'
+        + longest_ok.encode()
+        + b"\r\n"
+        + b"z" * (MAX_LINE_BYTES + 1)
+    )  # one byte too many, and no final newline
 
     class Recording:
         """The task file, remembering the largest piece a single read returned."""
@@ -259,7 +332,12 @@ def test_overlong_line_is_one_invalid_line_read_in_bounded_chunks(tmp_path: Path
     source = Recording(open(f, "rb"))  # noqa: SIM115 - iter_open_task_file closes it
     items = list(iter_open_task_file(source, tmp_path))
     assert [(type(i).__name__, i.line) for i in items] == [
-        ("Task", 1), ("InvalidLine", 2), ("Task", 3), ("Task", 4), ("InvalidLine", 5)]
+        ("Task", 1),
+        ("InvalidLine", 2),
+        ("Task", 3),
+        ("Task", 4),
+        ("InvalidLine", 5),
+    ]
     assert str(items[1].error) == "line 2: line longer than 1 MiB" and items[1].error.field is None
     assert str(items[4].error) == "line 5: line longer than 1 MiB"
     assert (items[1].output_name, items[4].output_name) == ("2", "5")  # the line-number default name
@@ -339,10 +417,13 @@ def test_a_huge_seed_names_the_field_not_the_int_limit(tmp_path: Path, digits: s
 
 
 def test_huge_numbers_in_other_fields_and_from_the_python_api(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "t.jsonl", [
-        '{"input_text": ' + "7" * 5000 + "}",
-        '{"input_text": "x", "output_name": ' + "7" * 5000 + "}",
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            '{"input_text": ' + "7" * 5000 + "}",
+            '{"input_text": "x", "output_name": ' + "7" * 5000 + "}",
+        ],
+    )
     text, name = read(f)
     assert text.error.field == "input_text" and "must be a string, got a number" in str(text.error)
     assert name.error.field == "output_name" and "longer than 200 bytes" in str(name.error)
@@ -355,26 +436,60 @@ def test_huge_numbers_in_other_fields_and_from_the_python_api(tmp_path: Path) ->
 # Names that cannot be spoofed or land on a device ---------------------------------------------
 
 
-@pytest.mark.parametrize("name", [
-    "COM¹", "com²", "LPT³", "COM0", "lpt0", "COM0.wav", "com¹.txt", "Lpt¹.tar.gz", "CONIN$", "conout$.x",
-    "NUL .txt", "ＣＯＭ1", "aux",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "COM¹",
+        "com²",
+        "LPT³",
+        "COM0",
+        "lpt0",
+        "COM0.wav",
+        "com¹.txt",
+        "Lpt¹.tar.gz",
+        "CONIN$",
+        "conout$.x",
+        "NUL .txt",
+        "ＣＯＭ1",
+        "aux",
+    ],
+)
 def test_windows_device_names_in_every_spelling_are_rejected(tmp_path: Path, name: str) -> None:
     f = write_lines(tmp_path / "t.jsonl", [json.dumps({"input_text": "x", "output_name": name})])
     (bad,) = read(f)
     assert bad.error.field == "output_name" and "reserved Windows device name" in str(bad.error)
 
 
-@pytest.mark.parametrize("char", [
-    "\u202e",  # RIGHT-TO-LEFT OVERRIDE: "evil\u202evaw.exe" shows as "evilexe.wav"
-    "\u202a", "\u202b", "\u202c", "\u202d",  # embeddings, pop, LTR override
-    "\u2066", "\u2067", "\u2068", "\u2069",  # isolates
-    "\u200e", "\u200f", "\u061c",  # directional marks
-    "\u200b", "\u200c", "\u200d", "\u2060",  # zero-width space / non-joiner / joiner, word joiner
-    "\ufeff",  # BOM / zero-width no-break space
-    "\u00ad", "\u034f", "\u180e", "\u3164", "\ufe0f", "\U000e0041",  # other default-ignorables
-    "\u2028", "\u2029",  # line and paragraph separators
-])
+@pytest.mark.parametrize(
+    "char",
+    [
+        "\u202e",  # RIGHT-TO-LEFT OVERRIDE: "evil\u202evaw.exe" shows as "evilexe.wav"
+        "\u202a",
+        "\u202b",
+        "\u202c",
+        "\u202d",  # embeddings, pop, LTR override
+        "\u2066",
+        "\u2067",
+        "\u2068",
+        "\u2069",  # isolates
+        "\u200e",
+        "\u200f",
+        "\u061c",  # directional marks
+        "\u200b",
+        "\u200c",
+        "\u200d",
+        "\u2060",  # zero-width space / non-joiner / joiner, word joiner
+        "\ufeff",  # BOM / zero-width no-break space
+        "\u00ad",
+        "\u034f",
+        "\u180e",
+        "\u3164",
+        "\ufe0f",
+        "\U000e0041",  # other default-ignorables
+        "\u2028",
+        "\u2029",  # line and paragraph separators
+    ],
+)
 def test_invisible_and_format_characters_are_rejected_in_names(tmp_path: Path, char: str) -> None:
     f = write_lines(tmp_path / "t.jsonl", [json.dumps({"input_text": "x", "output_name": f"chap{char}ter"})])
     (bad,) = read(f)
@@ -394,10 +509,13 @@ def test_visible_non_ascii_names_stay_accepted(tmp_path: Path) -> None:
 def test_text_over_the_character_limit_is_invalid_naming_input_text(tmp_path: Path) -> None:
     from glmtts_batch.tasks import MAX_TEXT_CHARS
 
-    f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "字" * MAX_TEXT_CHARS, "output_name": "at-limit"}),
-        json.dumps({"input_text": "字" * (MAX_TEXT_CHARS + 1), "output_name": "over"}),
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"input_text": "字" * MAX_TEXT_CHARS, "output_name": "at-limit"}),
+            json.dumps({"input_text": "字" * (MAX_TEXT_CHARS + 1), "output_name": "over"}),
+        ],
+    )
     ok, bad = read(f)
     assert isinstance(ok, Task) and len(ok.text) == MAX_TEXT_CHARS
     assert isinstance(bad, InvalidLine) and bad.error.field == "input_text" and bad.output_name == "over"
@@ -431,8 +549,16 @@ def test_check_dev_stdin_resolves_prompts_against_the_working_directory(tmp_path
     (tmp_path / "voice.wav").write_bytes(b"x")
     line = json.dumps({"input_text": "x", "prompt_audio": "voice.wav"}) + "\n"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    r = subprocess.run([sys.executable, "-m", "glmtts_batch", "check", "/dev/stdin"], check=False, input=line,
-                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "glmtts_batch", "check", "/dev/stdin"],
+        check=False,
+        input=line,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -450,10 +576,13 @@ def test_a_linked_task_file_resolves_prompts_against_its_real_folder(tmp_path: P
 
 
 def test_a_prompt_path_too_long_for_the_os_fails_only_that_task(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "x", "prompt_audio": "a" * 5000 + ".wav"}),
-        json.dumps({"input_text": "y"}),
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"input_text": "x", "prompt_audio": "a" * 5000 + ".wav"}),
+            json.dumps({"input_text": "y"}),
+        ],
+    )
     bad, ok = read(f)
     assert isinstance(ok, Task)
     assert isinstance(bad.error, PromptAudioError) and bad.error.field == "prompt_audio"
@@ -474,10 +603,13 @@ def test_a_prompt_the_os_refuses_to_stat_fails_only_that_task(tmp_path: Path, mo
         return real_stat(path, *a, **kw)
 
     monkeypatch.setattr(tasks_module.os, "stat", stat)
-    f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "x", "prompt_audio": "locked.wav"}),
-        json.dumps({"input_text": "y"}),
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"input_text": "x", "prompt_audio": "locked.wav"}),
+            json.dumps({"input_text": "y"}),
+        ],
+    )
     bad, ok = read(f)
     assert isinstance(ok, Task)
     assert isinstance(bad.error, PromptAudioError) and bad.error.field == "prompt_audio"
@@ -489,10 +621,13 @@ def test_run_and_check_record_a_prompt_os_error_as_that_task_invalid(tmp_path: P
 
     from glmtts_batch.api import check_tasks, run_batch
 
-    f = write_lines(tmp_path / "t.jsonl", [
-        json.dumps({"input_text": "x", "prompt_audio": "a" * 300 + ".wav", "output_name": "long"}),
-        json.dumps({"input_text": "y", "output_name": "fine"}),
-    ])
+    f = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"input_text": "x", "prompt_audio": "a" * 300 + ".wav", "output_name": "long"}),
+            json.dumps({"input_text": "y", "output_name": "fine"}),
+        ],
+    )
     report = check_tasks(f)
     assert report.valid == 1 and [(p.line, p.field) for p in report.problems] == [(1, "prompt_audio")]
 

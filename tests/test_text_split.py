@@ -146,11 +146,14 @@ class CountingLength(LengthCounter):
         return super().unit(unit)
 
 
-@pytest.mark.parametrize("text", [
-    "字" * 20_000,  # one run-on sentence of Chinese, no punctuation: cut every 60 units
-    "word " * 10_000,  # run-on English
-    ("字" * 10 + "，") * 2_000,  # short clauses
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "字" * 20_000,  # one run-on sentence of Chinese, no punctuation: cut every 60 units
+        "word " * 10_000,  # run-on English
+        ("字" * 10 + "，") * 2_000,  # short clauses
+    ],
+)
 def test_splitting_work_is_linear_in_the_text(text: str) -> None:
     units = split_into_units(text)
     length = CountingLength(budget=6 * len(units))
@@ -163,4 +166,3 @@ def test_splitting_a_long_text_matches_splitting_its_sentences() -> None:
     """The index-based cut gives the pieces a sentence-by-sentence split gives."""
     sentence = "Supercalifragilistic expialidocious words keep going on and on without any stop " * 3 + "。"
     assert split_by_len(sentence * 200, 30, 60) == split_by_len(sentence, 30, 60) * 200
-

@@ -3,6 +3,7 @@ memory that does not grow with the number of members."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -55,8 +56,7 @@ def member_view(path: Path) -> list[tuple]:
     with zipfile.ZipFile(path) as zf:
         assert zf.testzip() is None
         return [
-            (i.filename, i.compress_type, i.date_time, i.external_attr, i.flag_bits, i.CRC, i.file_size,
-             zf.read(i))
+            (i.filename, i.compress_type, i.date_time, i.external_attr, i.flag_bits, i.CRC, i.file_size, zf.read(i))
             for i in zf.infolist()
         ]
 
@@ -79,8 +79,14 @@ def test_the_zip_holds_what_zipfile_would_have_written(tmp_path: Path) -> None:
 
     ours = member_view(out / "job.zip")
     assert ours == member_view(tmp_path / "reference.zip")
-    assert [m[0] for m in ours] == ["utt001.wav", "chapter 2.wav", "é-nfc.wav", "第一章.wav",
-                                    "manifest.jsonl", "summary.json"]
+    assert [m[0] for m in ours] == [
+        "utt001.wav",
+        "chapter 2.wav",
+        "é-nfc.wav",
+        "第一章.wav",
+        "manifest.jsonl",
+        "summary.json",
+    ]
     assert [m[1] for m in ours] == [zipfile.ZIP_STORED] * 4 + [zipfile.ZIP_DEFLATED] * 2
     # Same deflate settings as zipfile, so even the bytes on disk agree.
     assert (out / "job.zip").read_bytes() == (tmp_path / "reference.zip").read_bytes()
@@ -150,10 +156,10 @@ def measure_growth_per_member(tmp_path: Path, *, streaming: bool, n: int = 20_00
         with open(path, "wb") as f:
             if streaming:
                 zf = StreamingZipWriter(f, spill_dir=tmp_path)
-                add = lambda name: zf.write_file(src, name)
+                add = functools.partial(zf.write_file, src)
             else:
                 zf = zipfile.ZipFile(f, "w")
-                add = lambda name: zf.write(src, name)
+                add = functools.partial(zf.write, src)
             for i in range(100):
                 add(f"warmup{i:06d}.wav")
             before = tracemalloc.get_traced_memory()[0]

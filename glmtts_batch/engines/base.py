@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class EngineOptions:
     phoneme_dict: Path | None = by_content()  # JSONL word -> pinyin-with-tone overrides
     # LLM random-number use: "fast" (vectorised) or "upstream" (upstream GLM-TTS's tokens for
     # a seed; a host sync per step).
-    sampling_rng: str = "fast"
+    sampling_rng: Literal["fast", "upstream"] = "fast"
 
 
 @dataclass(frozen=True)

@@ -463,7 +463,9 @@ class EspeakEngine:
     def load(cls, options: EngineOptions, *, log: Callable[[str], None] | None = None) -> EspeakEngine:
         engine = cls(sample_rate=options.sample_rate)
         if log is not None:
-            log(f"espeak engine: {engine.info.model}, {engine.sample_rate} Hz, voices {engine.han_voice}/{engine.latin_voice}")
+            log(
+                f"espeak engine: {engine.info.model}, {engine.sample_rate} Hz, voices {engine.han_voice}/{engine.latin_voice}"
+            )
         return engine
 
     def synthesize(self, request: SynthesisRequest) -> Synthesis:

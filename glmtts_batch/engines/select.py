@@ -65,7 +65,9 @@ def load_engine(name: str, options: EngineOptions, *, log: Log = log_to_stderr) 
         return _load_espeak(options, log)
     if key == "glmtts":
         if found is None:
-            raise EngineLoadError(f"the glmtts engine needs a GLM-TTS checkpoint and none is configured.\n{CHECKPOINT_HINT}")
+            raise EngineLoadError(
+                f"the glmtts engine needs a GLM-TTS checkpoint and none is configured.\n{CHECKPOINT_HINT}"
+            )
         model_dir, source = found
         return _load_glmtts(options, model_dir, source, log)
     return _load_espeak(options, log)
@@ -79,7 +81,9 @@ def _load_espeak(options: EngineOptions, log: Log) -> Engine:
 
 def _load_glmtts(options: EngineOptions, model_dir: Path, source: str, log: Log) -> Engine:
     if not model_dir.is_dir():
-        raise EngineLoadError(f"GLM-TTS checkpoint folder {model_dir} (from {source}) does not exist.\n{CHECKPOINT_HINT}")
+        raise EngineLoadError(
+            f"GLM-TTS checkpoint folder {model_dir} (from {source}) does not exist.\n{CHECKPOINT_HINT}"
+        )
     try:
         from glmtts_batch.glmtts.engine import GlmTtsEngine
     except ImportError as exc:

@@ -194,7 +194,9 @@ class MelExtractor:
         settings = self.settings
         pad = (settings.n_fft - settings.hop) // 2
         if wav.shape[1] <= pad:
-            raise ValueError(f"waveform of {wav.shape[1]} samples is too short for a {settings.sample_rate} Hz mel frame")
+            raise ValueError(
+                f"waveform of {wav.shape[1]} samples is too short for a {settings.sample_rate} Hz mel frame"
+            )
         basis, window = self._tensors(wav.device, wav.dtype)
         # Reflect padding with center=False keeps frames aligned to hop boundaries: frame t
         # is centred on sample t*hop + hop/2.

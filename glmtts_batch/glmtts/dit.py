@@ -95,7 +95,9 @@ class DiTConfig:
         proj_in = shape("emb_concator.proj.weight")[1]
         ada_in = shape("transformer_blocks.0.attn_norm.linear.weight")[1]
         if inner % dim_head or ff_inner % dim:
-            raise CheckpointError(f"{where}: inconsistent DiT shapes (attention {inner}, head {dim_head}, ff {ff_inner})")
+            raise CheckpointError(
+                f"{where}: inconsistent DiT shapes (attention {inner}, head {dim_head}, ff {ff_inner})"
+            )
         return cls(
             dim=dim,
             depth=depth,
@@ -192,7 +194,8 @@ class TimestepEmbedding(nn.Module):
         step = math.log(10000) / (half - 1)
         freqs = torch.exp(torch.arange(half, device=t.device).float() * -step)
         angles = 1000 * t.float()[:, None] * freqs[None, :]
-        emb = torch.cat((angles.sin(), angles.cos()), dim=-1).to(self.time_mlp[0].weight.dtype)
+        first: nn.Linear = self.time_mlp[0]  # type: ignore[assignment]  # Sequential items are Modules to mypy
+        emb = torch.cat((angles.sin(), angles.cos()), dim=-1).to(first.weight.dtype)
         return self.time_mlp(emb)
 
 
@@ -236,7 +239,9 @@ class TextEmbedding(nn.Module):
         self.text_embed = nn.Embedding(vocab_size + 1, dim)
         self.text_blocks = nn.ModuleList([ConvNeXtV2Block(dim, dim * conv_mult) for _ in range(conv_layers)])
 
-    def forward(self, text: Tensor, text_lengths: Tensor, frame_lengths: Tensor, n_frames: int, keep: Tensor | None) -> Tensor:
+    def forward(
+        self, text: Tensor, text_lengths: Tensor, frame_lengths: Tensor, n_frames: int, keep: Tensor | None
+    ) -> Tensor:
         index = nearest_token_index(text_lengths, frame_lengths, n_frames)  # (B, T)
         h = self.text_embed(torch.gather(text, 1, index))
         if len(self.text_blocks):
@@ -287,8 +292,9 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, length: int) -> tuple[Tensor, Tensor]:
         """-> cos, sin (T, dim_head), each frequency repeated for its (interleaved) pair. Always fp32."""
-        t = torch.arange(length, device=self.inv_freq.device).float()
-        freqs = t[:, None] * self.inv_freq.float()[None, :]
+        inv_freq: Tensor = self.inv_freq  # type: ignore[assignment]  # a registered buffer
+        t = torch.arange(length, device=inv_freq.device).float()
+        freqs = t[:, None] * inv_freq.float()[None, :]
         freqs = torch.stack((freqs, freqs), dim=-1).flatten(-2)
         return freqs.cos(), freqs.sin()
 
@@ -358,7 +364,9 @@ class DiTBlock(nn.Module):
         self.attn = Attention(dim, heads, dim_head)
         self.ff = FeedForward(dim, ff_mult)
 
-    def forward(self, x: Tensor, cond: Tensor, rope: tuple[Tensor, Tensor], keep: Tensor | None, attn_mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cond: Tensor, rope: tuple[Tensor, Tensor], keep: Tensor | None, attn_mask: Tensor | None
+    ) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(cond)
         norm = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale_msa[:, None]) + shift_msa[:, None]
         x = x + gate_msa[:, None] * self.attn(norm, rope, keep, attn_mask)

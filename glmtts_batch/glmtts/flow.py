@@ -54,7 +54,15 @@ class FlowSettings:
 
 
 # Flow arguments that only shape the training loss or the (inferred) DiT dims.
-_IGNORED_FLOW_ARGS = {"speech_token_dim", "vocab_size", "spk_embed_dim", "big_model", "calc_prompt_mel_loss", "loss_type", "use_mdt"}
+_IGNORED_FLOW_ARGS = {
+    "speech_token_dim",
+    "vocab_size",
+    "spk_embed_dim",
+    "big_model",
+    "calc_prompt_mel_loss",
+    "loss_type",
+    "use_mdt",
+}
 
 
 class _TagTolerantLoader(yaml.SafeLoader):
@@ -285,7 +293,14 @@ class FlowDecoder(nn.Module):
         device = self.estimator.proj_out.weight.device
         batch = tokens.shape[0]
         lengths = _ItemLengths.of(
-            batch, token_lengths, prompt_token_lengths, prompt_mel_lengths, self.settings, prompt_tokens, prompt_mel, embedding
+            batch,
+            token_lengths,
+            prompt_token_lengths,
+            prompt_mel_lengths,
+            self.settings,
+            prompt_tokens,
+            prompt_mel,
+            embedding,
         )
         self._check_token_ids(tokens, prompt_tokens)
         conditioning, padding_mask = self._conditioning(
@@ -332,7 +347,11 @@ class FlowDecoder(nn.Module):
             cond[i, :copy] = prompt_mel[i, n_mel - copy : n_mel].to(device=device, dtype=dtype)
         frame_lengths = torch.tensor(lengths.frames, device=device)
         padding_mask = torch.arange(t_max, device=device)[None, :] < frame_lengths[:, None]
-        spk = F.normalize(embedding.to(device=device, dtype=torch.float32), dim=1).to(dtype) if self.config.spk_dim else None
+        spk = (
+            F.normalize(embedding.to(device=device, dtype=torch.float32), dim=1).to(dtype)
+            if self.config.spk_dim
+            else None
+        )
 
         text_uncond = text if not self.settings.speech_token_cfg else torch.zeros_like(text)
         conditioning = _Conditioning(
@@ -366,7 +385,9 @@ class FlowDecoder(nn.Module):
             raise ValueError(f"expected {b} generators (one per item), got {len(generator)}")
         x = torch.zeros(b, t_max, mel_dim, device=device, dtype=dtype)
         for i, g in enumerate(generator):
-            x[i, : feat_lengths[i]] = torch.randn(feat_lengths[i], mel_dim, generator=g, device=g.device).to(device=device, dtype=dtype)
+            x[i, : feat_lengths[i]] = torch.randn(feat_lengths[i], mel_dim, generator=g, device=g.device).to(
+                device=device, dtype=dtype
+            )
         return x
 
     def velocity(self, x: Tensor, t: Tensor, conditioning: _Conditioning, cfg_rate: float) -> Tensor:

@@ -246,9 +246,7 @@ class HiFT(nn.Module):
         return self.inference(mel, generator=generator)
 
     @torch.inference_mode()
-    def inference(
-        self, mel: Tensor, *, generator: torch.Generator | None = None, zero_noise: bool = False
-    ) -> Tensor:
+    def inference(self, mel: Tensor, *, generator: torch.Generator | None = None, zero_noise: bool = False) -> Tensor:
         """Mel (B, 80, T) -> waveform (B, T * 480), float32 in [-audio_limit, audio_limit].
 
         Noise comes from `generator` (torch's default generator when None, as upstream).
@@ -262,9 +260,7 @@ class HiFT(nn.Module):
         source = self.excitation(f0, generator=generator, zero_noise=zero_noise)
         return self.spec_to_wav(self.decode_spec(mel, source))
 
-    def excitation(
-        self, f0: Tensor, *, generator: torch.Generator | None = None, zero_noise: bool = False
-    ) -> Tensor:
+    def excitation(self, f0: Tensor, *, generator: torch.Generator | None = None, zero_noise: bool = False) -> Tensor:
         """F0 per frame (B, T) in Hz -> harmonic excitation (B, 1, T * 480), float32.
 
         Same computation as upstream `SourceModuleHnNSF2` at 24 kHz. Upstream draws, in this

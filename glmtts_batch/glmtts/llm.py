@@ -389,7 +389,6 @@ class SpeechLM(nn.Module):
 
         return load_module(build, state, where=str(weights), device=device, dtype=dtype)
 
-
     @property
     def device(self) -> torch.device:
         return self.model.embed_tokens.weight.device

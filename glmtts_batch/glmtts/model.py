@@ -148,6 +148,12 @@ class Attention(nn.Module):
         self.o_proj = Linear(self.n_heads * d, h, bias=False)
         self.cache: KVCache | None = None  # set by SpeechLlama.setup_cache; not a buffer
 
+    @property
+    def kv(self) -> KVCache:
+        if self.cache is None:
+            raise RuntimeError("no KV cache: call SpeechLlama.setup_cache first")
+        return self.cache
+
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D), cos/sin (B, T, d) -> q (B, H, T, d), k, v (B, Hkv, T, d), rotated."""
         b, t, _ = x.shape
@@ -168,8 +174,8 @@ class Attention(nn.Module):
         out = []
         for slot, start, length in spans:
             rows = slice(start, start + length)
-            self.cache.k[slot, :, :length] = k[0, :, rows]
-            self.cache.v[slot, :, :length] = v[0, :, rows]
+            self.kv.k[slot, :, :length] = k[0, :, rows]
+            self.kv.v[slot, :, :length] = v[0, :, rows]
             out.append(self._sdpa(q[:, :, rows], k[:, :, rows], v[:, :, rows], causal=length > 1))
         y = torch.cat(out, dim=2).transpose(1, 2)  # (1, N, H, d)
         return self.o_proj(y.reshape(1, x.shape[1], -1))
@@ -179,10 +185,10 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, cos, sin)  # (M, H, 1, d), (M, Hkv, 1, d)
         out = torch.zeros_like(q)
         for row, (slot, pos) in enumerate(zip(slots, positions)):
-            self.cache.k[slot, :, pos] = k[row, :, 0]
-            self.cache.v[slot, :, pos] = v[row, :, 0]
-            keys = self.cache.k[slot : slot + 1, :, : pos + 1]  # (1, Hkv, pos + 1, d)
-            values = self.cache.v[slot : slot + 1, :, : pos + 1]
+            self.kv.k[slot, :, pos] = k[row, :, 0]
+            self.kv.v[slot, :, pos] = v[row, :, 0]
+            keys = self.kv.k[slot : slot + 1, :, : pos + 1]  # (1, Hkv, pos + 1, d)
+            values = self.kv.v[slot : slot + 1, :, : pos + 1]
             out[row : row + 1] = self._sdpa(q[row : row + 1], keys, values, causal=False)
         return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], 1, -1))
 
@@ -191,9 +197,9 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, cos, sin)
         s = x.shape[0]
         slots = torch.arange(s, device=x.device)
-        self.cache.k[slots, :, positions] = k[:, :, 0]
-        self.cache.v[slots, :, positions] = v[:, :, 0]
-        y = self._sdpa(q, self.cache.k[:s], self.cache.v[:s], causal=False, mask=mask)
+        self.kv.k[slots, :, positions] = k[:, :, 0]
+        self.kv.v[slots, :, positions] = v[:, :, 0]
+        y = self._sdpa(q, self.kv.k[:s], self.kv.v[:s], causal=False, mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(s, 1, -1))
 
 
@@ -265,13 +271,17 @@ class SpeechLlama(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
 
+    def attentions(self) -> list[Attention]:
+        """Every layer's attention (typed: ModuleList items are plain Modules to mypy)."""
+        return [block.self_attn for block in self.model.layers if isinstance(block, Block)]
+
     def setup_cache(self, max_slots: int, max_seq: int) -> None:
         """Preallocate every layer's cache: (max_slots, kv_heads, max_seq, head_dim), zeros."""
         c = self.config
         shape = (max_slots, c.num_key_value_heads, max_seq, c.head_dim)
-        for block in self.model.layers:
+        for attention in self.attentions():
             k, v = (torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2))
-            block.self_attn.cache = KVCache(k, v)
+            attention.cache = KVCache(k, v)
         self.max_slots, self.max_seq = max_slots, max_seq
         self.graph_decoder = None  # captured graphs hold the old cache tensors
         d = c.head_dim  # transformers' default RoPE frequencies, same expression
@@ -394,8 +404,8 @@ class SpeechLlama(nn.Module):
 
     def release_cache(self) -> None:
         """Drop the KV cache (and any graphs over it), e.g. after an out-of-memory error."""
-        for block in self.model.layers:
-            block.self_attn.cache = None
+        for attention in self.attentions():
+            attention.cache = None
         self.max_slots = self.max_seq = 0
         self.graph_decoder = None
 
@@ -403,8 +413,8 @@ class SpeechLlama(nn.Module):
         """Lengthen every layer's cache to `max_seq` positions, keeping what it holds."""
         if max_seq <= self.max_seq:
             return
-        old = [(b.self_attn.cache, self.max_seq) for b in self.model.layers]
+        old, n = [attention.kv for attention in self.attentions()], self.max_seq
         self.setup_cache(self.max_slots, max_seq)
-        for block, (cache, n) in zip(self.model.layers, old):
-            block.self_attn.cache.k[:, :, :n] = cache.k
-            block.self_attn.cache.v[:, :, :n] = cache.v
+        for attention, cache in zip(self.attentions(), old):
+            attention.kv.k[:, :, :n] = cache.k
+            attention.kv.v[:, :, :n] = cache.v

@@ -111,4 +111,3 @@ class PromptCache:
             "prompt_cache_hit_rate": round(self.hit_rate, 4),
             "prompt_cache_entries": len(self._entries),
         }
-

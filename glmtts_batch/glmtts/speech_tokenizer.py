@@ -356,7 +356,8 @@ class SpeechTokenizer:
             dtype=dtype,
             ignore=lambda key: is_ignored_key(key, config),
         )
-        return cls(wrapper.model.encoder, feature_extractor, max_chunks_per_forward=max_chunks_per_forward)
+        encoder: WhisperVQEncoder = wrapper.model.encoder  # type: ignore[assignment]  # a submodule
+        return cls(encoder, feature_extractor, max_chunks_per_forward=max_chunks_per_forward)
 
     @torch.inference_mode()
     def extract_features(self, chunks: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

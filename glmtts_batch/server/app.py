@@ -83,8 +83,9 @@ class Server:
         self.queue = JobQueue(config.jobs_dir)
         self.metrics = ServerMetrics(self.queue, host.stats)
         self.voices = VoiceStore(self.store, host, config.limits)
-        self.worker = Worker(host, self.queue, self.store, log=log, on_record=self.metrics.task_record,
-                             batch_size=config.batch_size)
+        self.worker = Worker(
+            host, self.queue, self.store, log=log, on_record=self.metrics.task_record, batch_size=config.batch_size
+        )
         self._remove_unqueued_uploads()
 
     def _remove_unqueued_uploads(self) -> None:
@@ -100,8 +101,14 @@ class Server:
 
     # jobs ---------------------------------------------------------------------------------
 
-    def accept_job(self, uploads: list[UploadFile], task_upload: UploadFile | None, body: JobBody | None,
-                   seed: int, max_failures: int | None) -> JobRow:
+    def accept_job(
+        self,
+        uploads: list[UploadFile],
+        task_upload: UploadFile | None,
+        body: JobBody | None,
+        seed: int,
+        max_failures: int | None,
+    ) -> JobRow:
         job_id = new_id()
         paths = self.store.job(job_id)
         paths.input.mkdir(parents=True)
@@ -131,13 +138,23 @@ class Server:
 
     def job_view(self, job: JobRow) -> dict[str, Any]:
         view: dict[str, Any] = {
-            "id": job.id, "state": job.state, "tasks": job.tasks, "seed": job.seed,
-            "max_failures": job.max_failures, "created_at": job.created_at, "started_at": job.started_at,
-            "finished_at": job.finished_at, "runs": job.runs, "cancel_requested": job.cancel_requested,
-            "exit_code": job.exit_code, "error": job.error,
+            "id": job.id,
+            "state": job.state,
+            "tasks": job.tasks,
+            "seed": job.seed,
+            "max_failures": job.max_failures,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "runs": job.runs,
+            "cancel_requested": job.cancel_requested,
+            "exit_code": job.exit_code,
+            "error": job.error,
         }
         progress: dict[str, Any] = {
-            "counts": {"ok": 0, "failed": 0, "invalid": 0, "skipped": 0}, "resumed": 0, "audio_seconds": 0.0,
+            "counts": {"ok": 0, "failed": 0, "invalid": 0, "skipped": 0},
+            "resumed": 0,
+            "audio_seconds": 0.0,
         }
         summary = self.store.job(job.id).out / SUMMARY_NAME
         live = self.worker.live
@@ -150,16 +167,23 @@ class Server:
         view.update(progress, done=done, progress=round(done / job.tasks, 4) if job.tasks else 1.0)
         zipped = (self.store.job(job.id).out / ZIP_NAME).exists() and job.state in FINISHED
         base = f"/v1/jobs/{job.id}"
-        view["links"] = {"self": base, "manifest": f"{base}/manifest", "summary": f"{base}/summary",
-                         "zip": f"{base}/zip" if zipped else None}
+        view["links"] = {
+            "self": base,
+            "manifest": f"{base}/manifest",
+            "summary": f"{base}/summary",
+            "zip": f"{base}/zip" if zipped else None,
+        }
         return view
 
     def finished_file(self, job_id: str, name: str) -> Path:
         job = self._job(job_id)
         path = self.store.job(job.id).out / name
         if job.state not in FINISHED or not path.is_file():
-            raise Rejected(409, f"job {job.id} is {job.state}: {name} is written when it finishes"
-                           + (" (a cancelled job has no zip)" if name == ZIP_NAME else ""))
+            raise Rejected(
+                409,
+                f"job {job.id} is {job.state}: {name} is written when it finishes"
+                + (" (a cancelled job has no zip)" if name == ZIP_NAME else ""),
+            )
         return path
 
     def _job(self, job_id: str) -> JobRow:
@@ -182,8 +206,9 @@ class Server:
         voice = self.voices.get(body.voice)
         if voice is None:
             raise Rejected(400, f"unknown voice {body.voice!r}: create one with POST /v1/voices", field="voice")
-        request = SynthesisRequest(text=body.input, prompt_audio=self.voices.audio_path(voice),
-                                   prompt_text=voice.transcript, seed=body.seed)
+        request = SynthesisRequest(
+            text=body.input, prompt_audio=self.voices.audio_path(voice), prompt_text=voice.transcript, seed=body.seed
+        )
         try:
             synthesis = self.host.synthesize(request)
             image, samples = WavWriter().encode(synthesis.audio, synthesis.sample_rate)
@@ -243,8 +268,10 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         ok = server.worker.alive
-        return JSONResponse({"ok": ok, "engine": host.info.name, "model": host.info.model,
-                             "device": host.info.device}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"ok": ok, "engine": host.info.name, "model": host.info.model, "device": host.info.device},
+            status_code=200 if ok else 503,
+        )
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -307,8 +334,9 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}/zip")
     def zip_file(job_id: str) -> FileResponse:
-        return FileResponse(server.finished_file(job_id, ZIP_NAME), media_type="application/zip",
-                            filename=f"{job_id}.zip")
+        return FileResponse(
+            server.finished_file(job_id, ZIP_NAME), media_type="application/zip", filename=f"{job_id}.zip"
+        )
 
     @app.get("/v1/jobs/{job_id}/audio/{output_name}")
     def audio(job_id: str, output_name: str) -> FileResponse:
@@ -334,8 +362,9 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
             if not isinstance(transcript, str):
                 raise Rejected(400, "a voice needs 'transcript', the words spoken in the recording")
             name = form.get("name")
-            voice = await run_in_threadpool(server.voices.create, audio.file, audio.filename, transcript,
-                                            name if isinstance(name, str) else None)
+            voice = await run_in_threadpool(
+                server.voices.create, audio.file, audio.filename, transcript, name if isinstance(name, str) else None
+            )
         return JSONResponse(voice.__dict__, status_code=201)
 
     @app.get("/v1/voices")

@@ -11,7 +11,6 @@ from glmtts_batch.errors import ServeConfigError
 MIB = 1 << 20
 
 
-
 @dataclass(frozen=True)
 class ServerLimits:
     """Going over one of these is a 413 (sizes) or a 400 (counts), naming the limit."""

@@ -15,8 +15,6 @@ from glmtts_batch.errors import BodyTooLarge
 OPEN_PATHS = ("/healthz",)  # the container HEALTHCHECK has no token
 
 
-
-
 class RequestGuard:
     def __init__(self, app: Any, *, token: str | None, max_body_bytes: int) -> None:
         self.app = app
@@ -29,11 +27,17 @@ class RequestGuard:
             return
         headers = dict(scope.get("headers") or [])
         if self.token is not None and scope["path"] not in OPEN_PATHS and not self._authorised(headers):
-            await _answer(send, 401, {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                          [(b"www-authenticate", b"Bearer")])
+            await _answer(
+                send,
+                401,
+                {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                [(b"www-authenticate", b"Bearer")],
+            )
             return
-        too_large = {"error": f"request body exceeds the limit of {self.max_body_bytes} bytes (--max-job-mb)",
-                     "limit": "--max-job-mb"}
+        too_large = {
+            "error": f"request body exceeds the limit of {self.max_body_bytes} bytes (--max-job-mb)",
+            "limit": "--max-job-mb",
+        }
         try:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:

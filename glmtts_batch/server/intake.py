@@ -120,18 +120,29 @@ def _prescan(task_file: Path, uploaded: set[str], limits: ServerLimits) -> tuple
         if not isinstance(obj, dict):
             continue
         name = obj.get("output_name", obj.get("uttid"))
-        name = str(line) if name is None else str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else None
+        name = (
+            str(line)
+            if name is None
+            else str(name)
+            if isinstance(name, (str, int)) and not isinstance(name, bool)
+            else None
+        )
         for key in _PROMPT_KEYS:
             raw = obj.get(key)
             if isinstance(raw, str):
                 why = _prompt_path_problem(raw, uploaded)
                 if why:
-                    problems[line] = LineProblem(line, name, key, "InvalidTaskError", f"line {line}: {key} {raw!r} {why}")
+                    problems[line] = LineProblem(
+                        line, name, key, "InvalidTaskError", f"line {line}: {key} {raw!r} {why}"
+                    )
         for key in _TEXT_KEYS:
             text = obj.get(key)
             if isinstance(text, str) and len(text) > limits.max_text_chars and line not in problems:
                 problems[line] = LineProblem(
-                    line, name, key, "InvalidTaskError",
+                    line,
+                    name,
+                    key,
+                    "InvalidTaskError",
                     f"line {line}: {key} has {len(text)} characters, over the limit of "
                     f"{limits.max_text_chars} (--max-text-chars)",
                 )

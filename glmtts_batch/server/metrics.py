@@ -45,7 +45,9 @@ class ServerMetrics:
         with self._lock:
             tasks, speech = dict(self.tasks), dict(self.speech)
             audio, speech_audio = self.audio_seconds, self.speech_audio_seconds
-        family: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily("glmtts_tasks", "Job tasks by manifest status", labels=["status"])
+        family: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
+            "glmtts_tasks", "Job tasks by manifest status", labels=["status"]
+        )
         for status, n in tasks.items():
             family.add_metric([status], n)
         yield family
@@ -54,16 +56,18 @@ class ServerMetrics:
         for outcome, n in speech.items():
             family.add_metric([outcome], n)
         yield family
-        yield CounterMetricFamily("glmtts_speech_audio_seconds", "Audio returned by speech requests",
-                                  value=speech_audio)
+        yield CounterMetricFamily(
+            "glmtts_speech_audio_seconds", "Audio returned by speech requests", value=speech_audio
+        )
         states = self.queue.counts()
         yield GaugeMetricFamily("glmtts_queue_depth", "Jobs waiting to run", value=states["queued"])
         family = GaugeMetricFamily("glmtts_jobs", "Jobs by state", labels=["state"])
         for state, n in states.items():
             family.add_metric([state], n)
         yield family
-        family = GaugeMetricFamily("glmtts_engine_stat", "The engine's own counters (e.g. prompt cache hits)",
-                                   labels=["stat"])
+        family = GaugeMetricFamily(
+            "glmtts_engine_stat", "The engine's own counters (e.g. prompt cache hits)", labels=["stat"]
+        )
         for name, value in self.engine_stats().items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 family.add_metric([name], value)

@@ -30,5 +30,6 @@ def serve(config: ServeConfig, engine: Engine, *, log: Callable[[str], None] = _
     asgi = build_asgi(config, engine, log=log)
     auth = "bearer token required" if config.token else "no token (loopback only)"
     log(f"listening on http://{config.host}:{config.port} ({auth}); jobs in {config.jobs_dir}")
-    uvicorn.run(asgi, host=config.host, port=config.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=30)
+    uvicorn.run(
+        asgi, host=config.host, port=config.port, log_level="warning", access_log=False, timeout_graceful_shutdown=30
+    )

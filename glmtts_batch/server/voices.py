@@ -50,8 +50,11 @@ class VoiceStore:
         if not transcript:
             raise Rejected(400, "transcript is required: the words spoken in the audio")
         if len(transcript) > self.limits.max_text_chars:
-            raise Rejected(400, f"transcript exceeds the limit of {self.limits.max_text_chars} characters "
-                                "(--max-text-chars)", limit="--max-text-chars")
+            raise Rejected(
+                400,
+                f"transcript exceeds the limit of {self.limits.max_text_chars} characters (--max-text-chars)",
+                limit="--max-text-chars",
+            )
         try:
             check_string(0, "transcript", transcript, controls=False)
             if name is not None:

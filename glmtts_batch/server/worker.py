@@ -43,8 +43,16 @@ class LiveCounts:
 
 
 class Worker:
-    def __init__(self, host: EngineHost, queue: JobQueue, store: Store, *, log: Log,
-                 on_record: Callable[[dict[str, Any]], None] | None = None, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        host: EngineHost,
+        queue: JobQueue,
+        store: Store,
+        *,
+        log: Log,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         self.host = host
         self.batch_size = batch_size
         self.queue = queue
@@ -122,9 +130,17 @@ class Worker:
 
         try:
             summary = run_batch(
-                paths.task_file, paths.out, engine=self.host.runner_view, seed=job.seed, base_dir=paths.input,
-                max_failures=job.max_failures, progress=False, fsync=True,
-                log=lambda m: self.log(f"job {job.id}: {m}"), cancel=cancel, on_record=record,
+                paths.task_file,
+                paths.out,
+                engine=self.host.runner_view,
+                seed=job.seed,
+                base_dir=paths.input,
+                max_failures=job.max_failures,
+                progress=False,
+                fsync=True,
+                log=lambda m: self.log(f"job {job.id}: {m}"),
+                cancel=cancel,
+                on_record=record,
                 batch_size=self.batch_size,
             )
         except GlmttsBatchError as exc:

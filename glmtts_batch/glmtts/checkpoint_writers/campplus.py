@@ -113,4 +113,3 @@ def write_random_campplus(path: str | Path, seed: int = 0, *, hidden: int = 64) 
     tmp.write_bytes(campplus_stand_in_bytes(seed, hidden=hidden))
     os.replace(tmp, path)
     return path
-

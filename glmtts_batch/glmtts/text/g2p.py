@@ -59,8 +59,6 @@ def phoneme_inventory() -> list[str]:
     return list(INITIALS) + [f + t for f in FINALS for t in TONES]
 
 
-
-
 def syllable_phonemes(syllable: str) -> list[str]:
     """`"hang2"` -> `["H", "ANG2"]`, `"yin2"` -> `["IN2"]`, `"zhi1"` -> `["ZH", "III1"]`.
 

@@ -62,7 +62,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import emoji
 
@@ -231,7 +231,7 @@ class TextNormalizer:
             self._zh, self._en = _wetext_grammars()
         self.grammars = grammars
         self.chunk_chars = chunk_chars
-        self._inflect_engine = None  # built on first use: importing inflect takes about 2 s
+        self._inflect_engine: Any = None  # built on first use: importing inflect takes about 2 s
         self._replacements = dict(REPLACEMENTS if replacements is None else replacements)
 
     def describe(self) -> str:
