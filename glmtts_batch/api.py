@@ -95,10 +95,10 @@ def run_batch(
     log = log or log_to_stderr
     _check_run_arguments(seed, max_failures, batch_size)  # an engine name is checked by engines.select.load_engine
     source = _open_tasks(tasks, out_dir, base_dir, count_lines_for_progress=progress is not False)
-    lock = OutputLock(source.out_dir)
     # Each clean-up runs even if an earlier one raises (a signal during engine.close()).
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(source.close)
+        lock = OutputLock(source.out_dir)
         cleanup.callback(lock.release)
         _prepare_out_dir(source.out_dir, lock)
         folder = _claim_out_dir(source, adopt=adopt, make_zip=make_zip, fsync=fsync)

@@ -556,6 +556,8 @@ class BatchRunner:
     def _run_window(self, jobs: list[PendingTask], guard: SignalGuard) -> list[Record | Future[Record]]:
         """One engine call for the window's tasks; each result written (behind) or recorded failed."""
         self._check_cancel(guard)  # a signal that came while the window filled starts nothing
+        if guard.signum is not None:  # also after --max-failures was reached: a signal still stops
+            return [self._skipped(job, "interrupted") for job in jobs]
         if self.stop_reason is not None and self.stop_reason != "max_failures":
             return [self._skipped(job, self.stop_reason) for job in jobs]
         # (Waiting tasks come before the line that reached --max-failures: they run, as

@@ -144,7 +144,7 @@ class Worker:
                 batch_size=self.batch_size,
             )
         except GlmttsBatchError as exc:
-            self.queue.finish(job.id, FAILED, exit_code=2, error=str(exc))
+            self.queue.finish(job.id, FAILED, exit_code=exc.exit_code, error=str(exc))
             return
         finally:
             with self._guard:
