@@ -164,28 +164,6 @@ def atomic_file(path: Path, *, fsync: bool = True) -> Iterator[BinaryIO]:
         fsync_dir(path.parent)
 
 
-@contextlib.contextmanager
-def atomic_target(path: Path, *, fsync: bool = True) -> Iterator[Path]:
-    """Like `atomic_file`, yielding the temp file's path (already created, empty, not a link)
-    for writers that open it themselves (they should open it with `O_NOFOLLOW`)."""
-    tmp = temp_path(path)
-    os.close(create_exclusive(tmp))
-    try:
-        yield tmp
-        if fsync:
-            fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    if fsync:
-        fsync_dir(path.parent)
-
-
 def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     with atomic_file(path, fsync=fsync) as f:
         f.write(data)

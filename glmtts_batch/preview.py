@@ -77,10 +77,6 @@ class TextPreviewer:
             phonemes = [to_phoneme_text(piece, self._phoneme_dict) for piece in pieces]
         return TextPreview(line, text, normalized, pieces, phonemes)
 
-    def preview_lines(self, lines: Iterable[tuple[int, str]]) -> Iterator[TextPreview]:
-        for line, text in lines:
-            yield self.preview(text, line)
-
     def preview_text_file(self, path: str | Path) -> Iterator[PreviewItem]:
         """Every non-blank line of a UTF-8 text file (`-`: standard input) is one text."""
         for line, text in _text_lines(path):

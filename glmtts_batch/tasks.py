@@ -571,16 +571,6 @@ def open_task_file(path: str | Path):
         raise RunError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
 
 
-def task_base_dir(path: str | Path, f: BinaryIO | None = None) -> Path:
-    """The task file's own folder: for a regular file its folder (links resolved); for a
-    pipe, FIFO, terminal or /proc fd (`run /dev/stdin`) the working directory, since such a
-    source has no folder of its own (`/dev/stdin` resolves to `/proc/<pid>/fd/...`). `f`,
-    when given, is the opened file, so the answer is about what was opened rather than what
-    the name points at now.
-    """
-    return Path(path).resolve().parent if _is_regular(path, f) else Path.cwd()
-
-
 def _is_regular(path: str | Path, f: BinaryIO | None) -> bool:
     try:
         return stat.S_ISREG((os.fstat(f.fileno()) if f is not None else os.stat(path)).st_mode)

@@ -257,12 +257,6 @@ class _Espeak:
         """Select `voice` with the steady variant; espeak's status code (0 = ok)."""
         return self.lib.espeak_SetVoiceByName(f"{voice}+{STEADY_VARIANT}".encode())
 
-    def speak(self, text: str, voice: str) -> np.ndarray:
-        """int16 samples at `self.sample_rate`. Caller holds `self.lock`."""
-        chunks: list[np.ndarray] = []
-        self.speak_into(chunks, text, voice)
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-
     def speak_into(self, chunks: list[np.ndarray], text: str, voice: str) -> None:
         """Append int16 chunks at `self.sample_rate` to `chunks`. Caller holds `self.lock`."""
         status = self.set_voice(voice)
