@@ -212,13 +212,7 @@ def synthesize_splitting(
             if len(group) == 1:
                 results[group[0]] = exc
             elif is_out_of_memory(exc):
-                half = (len(group) + 1) // 2
-                log(
-                    f"out of memory in a batch of {len(group)} ({_error(exc)}); "
-                    f"memory freed, retrying as {half} + {len(group) - half}",
-                    group,
-                )
-                todo += [group[half:], group[:half]]
+                todo += _halves(group, f"out of memory in a batch of {len(group)} ({_error(exc)})", log)
             else:
                 log(f"a batch of {len(group)} failed as a whole ({_error(exc)}); retrying each task alone", group)
                 todo += [[i] for i in reversed(group)]
@@ -236,13 +230,7 @@ def synthesize_splitting(
             _free(free_memory, log, group)
         if again:
             if len(again) == len(group):  # nothing got through: halve, or this never ends
-                half = (len(group) + 1) // 2
-                log(
-                    f"out of memory for every task of a batch of {len(group)}; "
-                    f"memory freed, retrying as {half} + {len(group) - half}",
-                    group,
-                )
-                todo += [group[half:], group[:half]]
+                todo += _halves(group, f"out of memory for every task of a batch of {len(group)}", log)
             else:
                 log(
                     f"out of memory for {len(again)} of a batch of {len(group)}; "
@@ -253,6 +241,13 @@ def synthesize_splitting(
     done = [result for result in results if result is not None]
     assert len(done) == len(requests), "every request has a result"
     return done
+
+
+def _halves(group: list[int], why: str, log: Callable[[str, Sequence[int]], None]) -> list[list[int]]:
+    """The group's two halves, back half first (the stack runs the front half next); logged once."""
+    half = (len(group) + 1) // 2
+    log(f"{why}; memory freed, retrying as {half} + {len(group) - half}", group)
+    return [group[half:], group[:half]]
 
 
 def _call(synthesize_many: BatchSynthesizer, requests: list[SynthesisRequest]) -> list[Synthesis | Exception]:

@@ -70,15 +70,21 @@ def test_rows_apart_equals_todays_generate_long_bit_for_bit(models):
     finally:
         new.rows_apart = False
     for request, result in zip(requests, results):
-        tokens, _ = old.generate_long(
-            request.pieces_text_ids,
-            request.prompt_text_ids,
-            request.prompt_speech_tokens,
-            SPECIAL,
-            seed=request.seed,
-            history_limit=request.history_limit,
-        )
+        tokens, _ = todays_generate_long(old, request)
         assert result.tokens == tokens
+
+
+def todays_generate_long(old, request: LmRequest, options: GenerationOptions | None = None):
+    """The same request through today's `SpeechLM.generate_long` (the reference)."""
+    return old.generate_long(
+        request.pieces_text_ids,
+        request.prompt_text_ids,
+        request.prompt_speech_tokens,
+        SPECIAL,
+        seed=request.seed,
+        history_limit=request.history_limit,
+        options=options or GenerationOptions(),
+    )
 
 
 @pytest.mark.parametrize("method", ["ras", "topk"])
@@ -94,15 +100,7 @@ def test_tokens_equal_todays_generate_long(models, method):
     requests = make_requests(6, seed=1)
     results = generate_many(new, requests, SPECIAL, options, max_batch=4)
     for request, result in zip(requests, results):
-        tokens, stats = old.generate_long(
-            request.pieces_text_ids,
-            request.prompt_text_ids,
-            request.prompt_speech_tokens,
-            SPECIAL,
-            seed=request.seed,
-            history_limit=request.history_limit,
-            options=options,
-        )
+        tokens, stats = todays_generate_long(old, request, options)
         assert result.tokens == tokens
         assert [s.stop_reason for s in result.stats] == [s.stop_reason for s in stats]
         assert [s.ras_fallbacks for s in result.stats] == [s.ras_fallbacks for s in stats]

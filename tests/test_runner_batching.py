@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fake_engines import BatchOomEngine, FakeEngine, OomEngine, RaisingEngine
+from run_files import manifest, write_tasks
 
 from glmtts_batch import RunError, run_batch
 from glmtts_batch.batching import TaskWindow
@@ -21,16 +22,6 @@ from glmtts_batch.engines.base import Synthesis, SynthesisRequest, synthesize_ea
 from glmtts_batch.errors import TaskError
 from glmtts_batch.manifest import RUN_DEPENDENT_KEYS
 from glmtts_batch.outputs import TEMP_PREFIX
-
-
-def write_tasks(path: Path, tasks: list[dict | str]) -> Path:
-    lines = [t if isinstance(t, str) else json.dumps(t, ensure_ascii=False) for t in tasks]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def stable(records: list[dict]) -> list[dict]:
