@@ -24,15 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from glmtts_batch import __version__
-from glmtts_batch.engines.base import SynthesisRequest
-from glmtts_batch.errors import TaskError
+from glmtts_batch.engines.base import SynthesisRequest, is_out_of_memory
+from glmtts_batch.errors import BodyTooLarge, RequestRejected, TaskError
 from glmtts_batch.manifest import MANIFEST_NAME, SUMMARY_NAME
-from glmtts_batch.runner import is_out_of_memory
 from glmtts_batch.server.config import ServeConfig
 from glmtts_batch.server.engine_host import EngineHost, gpu_memory
-from glmtts_batch.server.guard import BodyTooLarge
 from glmtts_batch.server.intake import (
-    Rejected,
     check_upload_name,
     limit_error,
     save_upload,
@@ -117,7 +114,7 @@ class Server:
             for upload in uploads:
                 name = check_upload_name(upload.filename)
                 if name in names:
-                    raise Rejected(400, f"two uploaded files are both named {name!r}")
+                    raise RequestRejected(400, f"two uploaded files are both named {name!r}")
                 save_upload(upload.file, paths.input / name, self.limits)
                 names.append(name)
             if task_upload is not None:
@@ -126,7 +123,7 @@ class Server:
                 write_json_tasks(body.tasks, paths.task_file, self.limits)  # type: ignore[union-attr]
             tasks = validate_job_input(paths, names, self.limits)
             if tasks == 0:
-                raise Rejected(400, "the task file has no tasks")
+                raise RequestRejected(400, "the task file has no tasks")
             paths.out.mkdir()
             job = self.queue.add(job_id, tasks=tasks, seed=seed, max_failures=max_failures)
         except BaseException:
@@ -179,7 +176,7 @@ class Server:
         job = self._job(job_id)
         path = self.store.job(job.id).out / name
         if job.state not in FINISHED or not path.is_file():
-            raise Rejected(
+            raise RequestRejected(
                 409,
                 f"job {job.id} is {job.state}: {name} is written when it finishes"
                 + (" (a cancelled job has no zip)" if name == ZIP_NAME else ""),
@@ -189,23 +186,23 @@ class Server:
     def _job(self, job_id: str) -> JobRow:
         job = self.queue.get(job_id) if is_id(job_id) else None
         if job is None:
-            raise Rejected(404, f"no job {job_id!r}")
+            raise RequestRejected(404, f"no job {job_id!r}")
         return job
 
     # speech -------------------------------------------------------------------------------
 
     def speech(self, body: SpeechBody) -> tuple[bytes, str]:
         if not body.input.strip():
-            raise Rejected(400, "input is empty", field="input")
+            raise RequestRejected(400, "input is empty", field="input")
         if len(body.input) > self.limits.max_text_chars:
             raise limit_error("input", self.limits.max_text_chars, "characters", "--max-text-chars")
         try:
             check_string(0, "input", body.input, controls=False)
         except TaskError as e:
-            raise Rejected(400, str(e).replace("line 0: ", ""), field="input") from None
+            raise RequestRejected(400, str(e).replace("line 0: ", ""), field="input") from None
         voice = self.voices.get(body.voice)
         if voice is None:
-            raise Rejected(400, f"unknown voice {body.voice!r}: create one with POST /v1/voices", field="voice")
+            raise RequestRejected(400, f"unknown voice {body.voice!r}: create one with POST /v1/voices", field="voice")
         request = SynthesisRequest(
             text=body.input, prompt_audio=self.voices.audio_path(voice), prompt_text=voice.transcript, seed=body.seed
         )
@@ -214,12 +211,12 @@ class Server:
             image, samples = WavWriter().encode(synthesis.audio, synthesis.sample_rate)
         except TaskError as e:
             self.metrics.speech_request(False)
-            raise Rejected(400, str(e), field=e.field) from None
+            raise RequestRejected(400, str(e), field=e.field) from None
         except Exception as e:
             self.metrics.speech_request(False)
             if is_out_of_memory(e):
                 self.host.free_memory()
-                raise Rejected(503, "the engine ran out of memory; try again") from None
+                raise RequestRejected(503, "the engine ran out of memory; try again") from None
             raise
         self.metrics.speech_request(True, samples / synthesis.sample_rate)
         return _encode(image, body.response_format), SPEECH_MEDIA[body.response_format]
@@ -251,8 +248,8 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
     app = FastAPI(title="glmtts-batch", version=__version__, lifespan=lifespan)
     app.state.server = server
 
-    @app.exception_handler(Rejected)
-    async def rejected(_: Request, exc: Rejected) -> JSONResponse:
+    @app.exception_handler(RequestRejected)
+    async def rejected(_: Request, exc: RequestRejected) -> JSONResponse:
         return JSONResponse(exc.body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
@@ -293,20 +290,20 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
                 body = JobBody.model_validate(json.loads(await request.body()))
             except ValueError as e:
                 if not isinstance(e, ValidationError):
-                    raise Rejected(400, f"the job body is not valid JSON: {e}") from None
-                raise Rejected(400, "invalid job body", details=json.loads(e.json(include_url=False))) from None
+                    raise RequestRejected(400, f"the job body is not valid JSON: {e}") from None
+                raise RequestRejected(400, "invalid job body", details=json.loads(e.json(include_url=False))) from None
             job = await run_in_threadpool(server.accept_job, [], None, body, body.seed, body.max_failures)
         elif kind.startswith("multipart/form-data"):
             async with request.form(max_files=config.limits.max_lines + 1, max_fields=16) as form:
                 task_upload = form.get("tasks")
                 if not isinstance(task_upload, UploadFile):
-                    raise Rejected(400, "multipart job: the task file goes in the file field 'tasks'")
+                    raise RequestRejected(400, "multipart job: the task file goes in the file field 'tasks'")
                 uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
                 seed = _int_field(form.get("seed"), "seed", 0, 0) or 0
                 max_failures = _int_field(form.get("max_failures"), "max_failures", None, 1)
                 job = await run_in_threadpool(server.accept_job, uploads, task_upload, None, seed, max_failures)
         else:
-            raise Rejected(415, "send the job as multipart/form-data (tasks + files) or application/json")
+            raise RequestRejected(415, "send the job as multipart/form-data (tasks + files) or application/json")
         return JSONResponse(server.job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
     @app.get("/v1/jobs")
@@ -345,10 +342,10 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
         try:
             check_output_name(name)  # a name, never a path: the file stays inside the job folder
         except TaskError:
-            raise Rejected(400, f"{output_name!r} is not an output name") from None
+            raise RequestRejected(400, f"{output_name!r} is not an output name") from None
         path = server.store.job(job.id).out / f"{name}.wav"
         if not path.is_file():
-            raise Rejected(404, f"job {job.id} has no WAV {name!r} (yet)")
+            raise RequestRejected(404, f"job {job.id} has no WAV {name!r} (yet)")
         return FileResponse(path, media_type="audio/wav")
 
     # voices
@@ -357,10 +354,10 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
         async with request.form(max_files=1, max_fields=4) as form:
             audio = form.get("audio")
             if not isinstance(audio, UploadFile):
-                raise Rejected(400, "a voice needs the prompt recording in the file field 'audio'")
+                raise RequestRejected(400, "a voice needs the prompt recording in the file field 'audio'")
             transcript = form.get("transcript")
             if not isinstance(transcript, str):
-                raise Rejected(400, "a voice needs 'transcript', the words spoken in the recording")
+                raise RequestRejected(400, "a voice needs 'transcript', the words spoken in the recording")
             name = form.get("name")
             voice = await run_in_threadpool(
                 server.voices.create, audio.file, audio.filename, transcript, name if isinstance(name, str) else None
@@ -374,7 +371,7 @@ def create_app(config: ServeConfig, host: EngineHost, *, log: Log) -> FastAPI:
     @app.delete("/v1/voices/{voice_id}")
     def delete_voice(voice_id: str) -> dict[str, Any]:
         if not server.voices.delete(voice_id):
-            raise Rejected(404, f"no voice {voice_id!r}")
+            raise RequestRejected(404, f"no voice {voice_id!r}")
         return {"deleted": voice_id}
 
     @app.post("/v1/audio/speech")
@@ -391,7 +388,7 @@ def _int_field(value: Any, name: str, default: int | None, minimum: int) -> int 
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise Rejected(400, f"{name} must be an integer, got {value!r}") from None
+        raise RequestRejected(400, f"{name} must be an integer, got {value!r}") from None
     if not minimum <= number <= MAX_SEED:
-        raise Rejected(400, f"{name} must be between {minimum} and 2**63-1, got {number}")
+        raise RequestRejected(400, f"{name} must be between {minimum} and 2**63-1, got {number}")
     return number

@@ -33,26 +33,23 @@ _TEXT_KEYS = ("input_text",) + tuple(a for a, c in ALIASES.items() if c == "inpu
 _COPY_CHUNK = 1 << 20
 
 
-Rejected = RequestRejected  # the request cannot become a job; `body` is the JSON answer
-
-
-def limit_error(what: str, limit: int, unit: str, option: str) -> Rejected:
+def limit_error(what: str, limit: int, unit: str, option: str) -> RequestRejected:
     status = 413 if unit == "bytes" else 400
-    return Rejected(status, f"{what} exceeds the limit of {limit} {unit} ({option})", limit=option)
+    return RequestRejected(status, f"{what} exceeds the limit of {limit} {unit} ({option})", limit=option)
 
 
 def check_upload_name(name: str | None) -> str:
     """An uploaded file keeps its name only if it is a plain, portable file name."""
     if not name:
-        raise Rejected(400, "every uploaded file needs a file name")
+        raise RequestRejected(400, "every uploaded file needs a file name")
     try:
         check_output_name(name)  # the same rules as a WAV name: no separators, dots, devices, ...
     except InvalidTaskError as e:
-        raise Rejected(400, f"uploaded file name {name!r} is not allowed: {str(e).split(': ', 1)[-1]}") from None
+        raise RequestRejected(400, f"uploaded file name {name!r} is not allowed: {str(e).split(': ', 1)[-1]}") from None
     if name.startswith("~"):
-        raise Rejected(400, f"uploaded file name {name!r} is not allowed: it starts with '~'")
+        raise RequestRejected(400, f"uploaded file name {name!r} is not allowed: it starts with '~'")
     if name_key(name) == name_key(TASK_FILE_NAME):
-        raise Rejected(400, f"uploaded file name {name!r} is reserved for the task file")
+        raise RequestRejected(400, f"uploaded file name {name!r} is reserved for the task file")
     return name
 
 
@@ -71,7 +68,7 @@ def save_upload(source: BinaryIO, target: Path, limits: ServerLimits) -> int:
 def write_json_tasks(tasks: Any, target: Path, limits: ServerLimits) -> None:
     """A JSON body's `tasks` list, written as the JSONL task file the runner reads."""
     if not isinstance(tasks, list):
-        raise Rejected(400, "'tasks' must be a list of task objects")
+        raise RequestRejected(400, "'tasks' must be a list of task objects")
     if len(tasks) > limits.max_lines:
         raise limit_error("the number of tasks", limits.max_lines, "lines", "--max-lines")
     with open(target, "x", encoding="utf-8") as f:
@@ -80,7 +77,7 @@ def write_json_tasks(tasks: Any, target: Path, limits: ServerLimits) -> None:
 
 
 def validate_job_input(paths: JobPaths, uploaded: Iterable[str], limits: ServerLimits) -> int:
-    """Check the saved task file; returns its number of tasks or raises `Rejected` (400)."""
+    """Check the saved task file; returns its number of tasks or raises `RequestRejected` (400)."""
     uploaded = set(uploaded)
     task_lines, ours = _prescan(paths.task_file, uploaded, limits)
     if task_lines > limits.max_lines:
@@ -95,7 +92,7 @@ def validate_job_input(paths: JobPaths, uploaded: Iterable[str], limits: ServerL
         LineProblem(p.line, p.output_name, p.field, p.type, p.message.replace(hidden, ""))
         for _, p in sorted(problems.items())
     ]
-    raise Rejected(
+    raise RequestRejected(
         400,
         "the task file has invalid lines; nothing was queued",
         valid=report.valid + report.invalid - len(listed),

@@ -16,11 +16,11 @@ from typing import BinaryIO
 
 import soundfile as sf
 
-from glmtts_batch.errors import TaskError
+from glmtts_batch.errors import RequestRejected, TaskError
 from glmtts_batch.outputs import write_bytes_atomic
 from glmtts_batch.server.config import ServerLimits
 from glmtts_batch.server.engine_host import EngineHost
-from glmtts_batch.server.intake import Rejected, save_upload
+from glmtts_batch.server.intake import save_upload
 from glmtts_batch.server.store import Store, is_id, new_id
 from glmtts_batch.tasks import check_string
 
@@ -48,9 +48,9 @@ class VoiceStore:
     def create(self, audio: BinaryIO, filename: str | None, transcript: str, name: str | None) -> Voice:
         transcript = transcript.strip()
         if not transcript:
-            raise Rejected(400, "transcript is required: the words spoken in the audio")
+            raise RequestRejected(400, "transcript is required: the words spoken in the audio")
         if len(transcript) > self.limits.max_text_chars:
-            raise Rejected(
+            raise RequestRejected(
                 400,
                 f"transcript exceeds the limit of {self.limits.max_text_chars} characters (--max-text-chars)",
                 limit="--max-text-chars",
@@ -60,7 +60,7 @@ class VoiceStore:
             if name is not None:
                 check_string(0, "name", name, controls=False)
         except TaskError as e:
-            raise Rejected(400, str(e).replace("line 0: ", "")) from None
+            raise RequestRejected(400, str(e).replace("line 0: ", "")) from None
         suffix = Path(filename or "").suffix.lower()
         suffix = suffix if suffix in AUDIO_SUFFIXES else ".wav"
         voice_id = new_id()
@@ -72,11 +72,11 @@ class VoiceStore:
             try:
                 info = sf.info(str(target))
             except Exception as e:  # noqa: BLE001 - libsndfile says why in its own words
-                raise Rejected(400, f"audio: not a readable audio file ({e})") from None
+                raise RequestRejected(400, f"audio: not a readable audio file ({e})") from None
             try:
                 self.host.warm_prompt(target, transcript)
             except TaskError as e:
-                raise Rejected(400, f"audio: {e}", field=e.field) from None
+                raise RequestRejected(400, f"audio: {e}", field=e.field) from None
             voice = Voice(voice_id, name, transcript, target.name, round(info.duration, 3), time.time())
             write_bytes_atomic(folder / META_NAME, json.dumps(asdict(voice), ensure_ascii=False).encode())
         except BaseException:
