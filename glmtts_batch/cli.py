@@ -25,7 +25,7 @@ from .engines.base import EngineOptions
 from .errors import EXIT_OK, EXIT_SIGNAL, EXIT_TASKS_FAILED, GlmttsBatchError, Interrupted, RunError
 from .glmtts.checkpoint_writers import PRESETS
 from .glmtts.vocoder import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
-from .log import PREFIX, log_to_stderr, silence
+from .log import PREFIX, emit, log_to_stderr
 from .tasks import WORKING_DIR, InvalidLine, Task, TaskOrInvalid
 from .writers import DEFAULT_WRITER
 
@@ -34,13 +34,8 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _echo(message: str, *, err: bool = False) -> None:
-    """click.echo, dropping what a reader that has gone away would not see (see log.py)."""
-    try:
-        click.echo(message, err=err)
-    except BrokenPipeError:
-        silence(sys.stderr if err else sys.stdout)
-    except OSError:
-        pass  # a full disk under a redirected stream: the run's outcome is in its exit code
+    """One line to stdout (stderr with `err`), dropped if its reader has gone away (log.emit)."""
+    emit(f"{message}\n", sys.stderr if err else sys.stdout)
 
 
 _base_dir_option = click.option(
